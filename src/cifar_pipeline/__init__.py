@@ -1,0 +1,1 @@
+"""CIFAR-10 experiment pipeline: data, models, training engine, metrics and MLflow tracking."""

@@ -1,0 +1,64 @@
+"""Checkpoints: the per-epoch resume state, and the model files a training stage outputs."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import atomic
+
+RESUME_FORMAT = 1
+
+
+def save(obj: dict, path: Path) -> None:
+    atomic.write_with(path, lambda tmp: torch.save(obj, tmp))
+
+
+def rng_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_path(state_dir: Path, stage: str, key: str) -> Path:
+    return state_dir / f"{stage}-{key}.pt"
+
+
+def load_resume(path: Path, key: str) -> dict | None:
+    """The resume state at path if it is intact and keyed to these params; else None (with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, wrong type: all mean "unusable"
+        warnings.warn(f"resume checkpoint {path} is unreadable ({type(exc).__name__}); starting fresh", stacklevel=2)
+        return None
+    if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT or state.get("key") != key:
+        warnings.warn(f"resume checkpoint {path} does not match the current params; starting fresh", stacklevel=2)
+        return None
+    return state
+
+
+def model_file(name: str, model_params: dict, state_dict: dict) -> dict:
+    """What best.pt / last.pt hold: enough to rebuild the model without params.yaml."""
+    return {"arch": name, "params": model_params, "state_dict": state_dict}

@@ -1,0 +1,74 @@
+"""The comparison table of the three trained models."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from . import atomic, paths
+from .config import MODELS, Params
+
+NOTEBOOK_ACCURACY = {"cnn": "89.11 %", "resnet34": "not reported", "resnet18": "91.95 %"}
+COLUMNS = ["model", "init", "test_accuracy", "macro_f1", "best_val_acc", "epochs", "train_seconds",
+           "images_per_second", "params_trainable", "params_total", "mlflow_run_id", "notebook_accuracy"]
+
+
+def init_label(params: Params, name: str) -> str:
+    if name != "resnet18":
+        return "random"
+    cfg = params.resnet18
+    if cfg.weights_path:
+        return f"weights file {cfg.weights_path}"
+    return "random init (resnet18.weights: none)" if cfg.weights == "none" else f"ImageNet {cfg.weights}"
+
+
+def read_json(path) -> dict:
+    return json.loads(path.read_text())
+
+
+def build_table(params: Params) -> pd.DataFrame:
+    rows = []
+    for name in MODELS:
+        train = read_json(paths.train_summary(name))
+        test = read_json(paths.eval_dir(name) / "metrics.json")
+        rows.append({
+            "model": name,
+            "init": init_label(params, name),
+            "test_accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "best_val_acc": train["best_val_acc"],
+            "epochs": train["epochs"],
+            "train_seconds": train["train_seconds"],
+            "images_per_second": train["images_per_second"],
+            "params_trainable": train["params_trainable"],
+            "params_total": train["params_total"],
+            "mlflow_run_id": read_json(paths.run_info(name))["run_id"],
+            "notebook_accuracy": NOTEBOOK_ACCURACY[name],
+        })
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    def cell(column: str, value) -> str:
+        if column in ("test_accuracy", "macro_f1", "best_val_acc"):
+            return f"{value:.2%}" if column != "macro_f1" else f"{value:.4f}"
+        if column == "train_seconds":
+            return f"{value:.1f}"
+        if column in ("images_per_second", "params_trainable", "params_total"):
+            return f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(cell(c, row[c]) for c in table.columns) + " |")
+    note = ("\n`notebook_accuracy` is what the seed notebooks reported on the original CIFAR-10 release; "
+            "it is a reference, not a result of this run.\n")
+    return "# Model comparison\n\n" + "\n".join(lines) + "\n" + note
+
+
+def write(table: pd.DataFrame) -> tuple:
+    csv_path, md_path = paths.REPORTS / "comparison.csv", paths.REPORTS / "comparison.md"
+    atomic.write_text(csv_path, table.to_csv(index=False))
+    atomic.write_text(md_path, to_markdown(table))
+    return csv_path, md_path

@@ -1,0 +1,150 @@
+"""CIFAR-10: fetch the official archive, verify it, and turn its pickle batches into uint8 arrays."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+from .errors import DataError
+
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_MEMBERS = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_MEMBER = "test_batch"
+META_MEMBER = "batches.meta"
+IMAGE_SHAPE = (32, 32, 3)
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    """Images as (N, 32, 32, 3) uint8 in RGB, labels as (N,) int64."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    classes: list[str]
+
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
+    """Return the verified archive at path, downloading it first if it is not there."""
+    if not path.exists():
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                atomic.write_with(path, lambda tmp: _copy_stream(response, tmp))
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(
+                f"CIFAR-10 archive not found at {path.resolve()} and the download from {url} failed ({exc}).\n"
+                f"Offline? Copy cifar-10-python.tar.gz (md5 {md5}) to {path.resolve()}, "
+                "or point data.archive in params.yaml at your copy."
+            ) from None
+    actual = md5sum(path)
+    if actual != md5:
+        raise DataError(
+            f"{path} has md5 {actual}, but params.yaml expects data.md5 = {md5}.\n"
+            "Delete the file to download it again, or set data.md5 to the md5 of the copy you trust."
+        )
+    return path
+
+
+def _copy_stream(response, tmp: Path) -> None:
+    with open(tmp, "wb") as out:
+        shutil.copyfileobj(response, out)
+
+
+def _unpickle(tar: tarfile.TarFile, name: str, archive: Path) -> dict:
+    try:
+        member = tar.getmember(f"{BATCH_DIR}/{name}")
+    except KeyError:
+        raise DataError(f"{archive} has no member {BATCH_DIR}/{name}: it is not a complete CIFAR-10 archive") from None
+    with tar.extractfile(member) as fh:
+        batch = pickle.load(fh, encoding="bytes")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _batch_arrays(batch: dict, name: str, archive: Path) -> tuple[np.ndarray, np.ndarray]:
+    data = np.asarray(batch.get("data"))
+    labels = np.asarray(batch.get("labels"), dtype=np.int64)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+        raise DataError(
+            f"{archive}: {name} holds data {data.dtype}{list(data.shape)} and {len(labels)} labels; "
+            "expected uint8 [N, 3072] (R, G, B planes of 32x32) with N labels"
+        )
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{archive}: {name} has labels outside 0..9")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels
+
+
+def read_archive(archive: Path) -> Cifar10:
+    """Parse the official python-pickle layout into arrays; any defect raises DataError."""
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            meta = _unpickle(tar, META_MEMBER, archive)
+            parts = [_batch_arrays(_unpickle(tar, m, archive), m, archive) for m in TRAIN_MEMBERS]
+            test_x, test_y = _batch_arrays(_unpickle(tar, TEST_MEMBER, archive), TEST_MEMBER, archive)
+    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as exc:
+        raise DataError(
+            f"{archive} is not a readable cifar-10-python.tar.gz ({type(exc).__name__}: {exc}). "
+            "Delete it and download it again."
+        ) from None
+    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("label_names", [])]
+    if len(classes) != 10:
+        raise DataError(f"{archive}: batches.meta lists {len(classes)} class names, expected 10")
+    return Cifar10(
+        train_x=np.concatenate([x for x, _ in parts]),
+        train_y=np.concatenate([y for _, y in parts]),
+        test_x=test_x,
+        test_y=test_y,
+        classes=classes,
+    )
+
+
+def first_n(x: np.ndarray, y: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    return (x[:limit], y[:limit]) if limit else (x, y)
+
+
+def save_arrays(data: Cifar10, path: Path) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x,
+                     test_y=data.test_y, classes=np.array(data.classes))
+
+    atomic.write_with(path, write)
+
+
+def load_arrays(path: Path) -> Cifar10:
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `dvc repro download` first")
+    with np.load(path) as npz:
+        data = Cifar10(npz["train_x"], npz["train_y"], npz["test_x"], npz["test_y"], npz["classes"].tolist())
+    for name, x in (("train", data.train_x), ("test", data.test_x)):
+        if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPE:
+            raise DataError(f"{path}: {name} images are {x.dtype}{list(x.shape)}, expected uint8 [N, 32, 32, 3]")
+    return data
+
+
+def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/validation split of range(n): (train_idx, val_idx)."""
+    if val_size >= n:
+        raise DataError(
+            f"data.val_size = {val_size} leaves no training images out of {n}; "
+            "lower data.val_size or raise data.train_limit"
+        )
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[val_size:]), np.sort(order[:val_size])

@@ -1,0 +1,330 @@
+"""Training engine shared by the three training stages.
+
+The whole dataset lives on the device as uint8; each epoch is augmented there in one batched pass.
+On CUDA the step (forward, backward, optimizer) is captured once as a CUDA graph and replayed, with
+bf16 autocast and channels_last; loss and accuracy sums stay on the device and are read once per epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import augment, to_unit_float
+from .config import ModelParams, RuntimeParams
+from .errors import TrainingError
+
+GRAPH_WARMUP_STEPS = 3
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; training stopped after the current step."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
+    if not available[choice]:
+        raise TrainingError(f"runtime.device = {choice} but no {choice} device is available; use auto or cpu")
+    return torch.device(choice)
+
+
+def configure_backends(runtime: RuntimeParams, device: torch.device) -> None:
+    if runtime.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+
+@dataclass
+class Settings:
+    """How the engine runs on this device (resolved from runtime params)."""
+
+    device: torch.device
+    bf16: bool
+    channels_last: bool
+    cuda_graphs: bool
+    eval_batch_size: int
+    progress: bool
+
+    @classmethod
+    def resolve(cls, runtime: RuntimeParams, device: torch.device) -> Settings:
+        cuda = device.type == "cuda"
+        return cls(device, runtime.bf16 and cuda, runtime.channels_last and cuda, runtime.cuda_graphs and cuda,
+                   runtime.eval_batch_size, runtime.progress)
+
+    def autocast(self):
+        if not self.bf16:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def make_optimizer(model: nn.Module, cfg: ModelParams, settings: Settings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = cfg.optimizer
+    lr: float | torch.Tensor = opt.lr
+    extra: dict = {}
+    if settings.cuda_graphs:
+        # A tensor lr lets the scheduler change it without re-capturing the graph.
+        lr = torch.tensor(opt.lr, device=settings.device)
+        extra = {"capturable": True} if opt.name == "sgd" else {"capturable": True, "fused": True}
+    elif settings.device.type == "cuda" and opt.name != "sgd":
+        extra = {"fused": True}
+    if opt.name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay, **extra)
+    if opt.name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=opt.weight_decay, **extra)
+    extra.pop("capturable", None)
+    return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelParams) -> torch.optim.lr_scheduler.LRScheduler:
+    sched = cfg.scheduler
+    if sched.name == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size, gamma=sched.gamma)
+    if sched.name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def current_lr(optimizer: torch.optim.Optimizer) -> float:
+    return float(optimizer.param_groups[0]["lr"])
+
+
+class TrainStep:
+    """One optimizer step on a batch; sums of loss and correct predictions accumulate on the device.
+
+    With cuda_graphs the step for the full batch size is captured once and replayed; other batch
+    sizes (the epoch's last, partial batch) run eagerly on the same tensors.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: Settings, batch_size: int):
+        self.model, self.optimizer, self.settings = model, optimizer, settings
+        self.loss_sum = torch.zeros((), device=settings.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=settings.device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.batch_size = batch_size
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.correct.zero_()
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=False)
+        with self.settings.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        self.loss_sum.add_(loss.detach().float() * y.shape[0])
+        self.correct.add_((logits.argmax(1) == y).sum())
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if not self.settings.cuda_graphs or x.shape[0] != self.batch_size:
+            self._step(x, y)
+            return
+        if self.graph is None:
+            self._capture(x, y)
+        self.static_x.copy_(x)
+        self.static_y.copy_(y)
+        self.graph.replay()
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Warm up on a side stream, undo the warm-up's updates, then capture the step."""
+        model_state = copy.deepcopy(self.model.state_dict())
+        optim_state = copy.deepcopy(self.optimizer.state_dict())["state"]
+        sums = (self.loss_sum.clone(), self.correct.clone())
+        rng = torch.cuda.get_rng_state()
+        self.static_x, self.static_y = x.clone(), y.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(GRAPH_WARMUP_STEPS):
+                self._step(self.static_x, self.static_y)
+        torch.cuda.current_stream().wait_stream(stream)
+        self.model.load_state_dict(model_state)
+        restore_optimizer_state(self.optimizer, optim_state)
+        self.loss_sum.copy_(sums[0])
+        self.correct.copy_(sums[1])
+        torch.cuda.set_rng_state(rng)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step(self.static_x, self.static_y)
+
+
+def restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """Copy saved per-parameter state into the live tensors in place (zero where none was saved),
+    so tensors a CUDA graph captured stay valid."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for index, param in enumerate(params):
+        for key, value in optimizer.state[param].items():
+            if torch.is_tensor(value):
+                if index in saved and key in saved[index]:
+                    value.copy_(saved[index][key])
+                else:
+                    value.zero_()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, settings: Settings) -> torch.Tensor:
+    """Logits (float32) for float images in [0, 1], in large batches."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], settings.eval_batch_size):
+        with settings.autocast():
+            out.append(model(settings.layout(images[start : start + settings.eval_batch_size])).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    loss = F.cross_entropy(logits, labels)
+    acc = (logits.argmax(1) == labels).float().mean()
+    pair = torch.stack([loss, acc]).tolist()
+    return pair[0], pair[1]
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    lr: float
+    epoch_seconds: float
+    images_per_second: float
+
+    def metrics(self) -> dict[str, float]:
+        return {k: v for k, v in self.__dict__.items() if k != "epoch"}
+
+
+@dataclass
+class DeviceData:
+    """Train and validation data resident on the device."""
+
+    train_x: torch.Tensor  # uint8 [N, 3, 32, 32]
+    train_y: torch.Tensor
+    val_x: torch.Tensor  # float [M, 3, 32, 32] in [0, 1]
+    val_y: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, train_x, train_y, val_x, val_y, device: torch.device) -> DeviceData:
+        def images(a):
+            return torch.from_numpy(a).to(device).permute(0, 3, 1, 2).contiguous()
+
+        def labels(a):
+            return torch.from_numpy(a).long().to(device)
+
+        return cls(images(train_x), labels(train_y), to_unit_float(images(val_x)), labels(val_y))
+
+
+@dataclass
+class Trainer:
+    name: str
+    model: nn.Module
+    cfg: ModelParams
+    settings: Settings
+    data: DeviceData
+    generator: torch.Generator
+    optimizer: torch.optim.Optimizer = field(init=False)
+    scheduler: torch.optim.lr_scheduler.LRScheduler = field(init=False)
+    stop_signal: int | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.model.to(self.settings.device)
+        if self.settings.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(self.model, self.cfg, self.settings)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg)
+        self.step = TrainStep(self.model, self.optimizer, self.settings, self.cfg.batch_size)
+
+    def validate(self) -> tuple[float, float]:
+        return loss_and_accuracy(predict(self.model, self.data.val_x, self.settings), self.data.val_y)
+
+    def train_epoch(self, epoch: int) -> EpochResult:
+        start = time.perf_counter()
+        n = self.data.train_x.shape[0]
+        order = torch.randperm(n, device=self.settings.device, generator=self.generator)
+        xs = self.settings.layout(augment(self.data.train_x[order], self.cfg.augment, self.generator))
+        ys = self.data.train_y[order]
+        lr = current_lr(self.optimizer)
+        self.model.train()
+        self.step.reset()
+        batch = self.cfg.batch_size
+        with self._progress(n, epoch) as advance:
+            for begin in range(0, n, batch):
+                self.step(xs[begin : begin + batch], ys[begin : begin + batch])
+                advance()
+                if self.stop_signal is not None:
+                    raise Interrupted(self.stop_signal)
+            train_loss, train_acc = (torch.stack([self.step.loss_sum, self.step.correct.float()]) / n).tolist()
+        train_seconds = time.perf_counter() - start
+        self.scheduler.step()
+        val_loss, val_acc = self.validate()
+        return EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr,
+                           time.perf_counter() - start, n / train_seconds)
+
+    @contextmanager
+    def _progress(self, n: int, epoch: int) -> Iterator[Callable[[], None]]:
+        from tqdm import tqdm
+
+        steps = -(-n // self.cfg.batch_size)
+        with tqdm(total=steps, desc=f"{self.name} epoch {epoch}/{self.cfg.epochs}", unit="step",
+                  disable=not self.settings.progress, leave=False, mininterval=0.5) as bar:
+            yield bar.update
+
+    @contextmanager
+    def stop_on_signals(self) -> Iterator[None]:
+        """SIGINT/SIGTERM finish the current step, then raise Interrupted."""
+
+        def handler(signum, _frame):
+            self.stop_signal = signum
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+
+    def load_state(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.settings.cuda_graphs:  # the captured step reads lr from a device tensor
+            for group in self.optimizer.param_groups:
+                group["lr"] = torch.tensor(float(group["lr"]), device=self.settings.device)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])

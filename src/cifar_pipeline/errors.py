@@ -1,0 +1,25 @@
+"""Errors a user can fix; the stage CLIs print their message as one line, with no traceback."""
+
+
+class PipelineError(RuntimeError):
+    """Base class: the message names the cause and the fix."""
+
+
+class ParamsError(PipelineError, ValueError):
+    """params.yaml is missing, unreadable or invalid."""
+
+
+class DataError(PipelineError):
+    """The archive or prepared arrays are missing or broken."""
+
+
+class WeightsError(PipelineError):
+    """ImageNet weights for the fine-tune could not be had."""
+
+
+class TrackingError(PipelineError):
+    """The MLflow store can't be reached or used."""
+
+
+class TrainingError(PipelineError):
+    """Training can't go on (device missing, out of memory)."""

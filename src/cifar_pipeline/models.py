@@ -1,0 +1,175 @@
+"""The three classifiers. Each takes float images in [0, 1] and normalizes (and resizes) itself,
+so a saved model is complete: evaluation needs no preprocessing params."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from .errors import WeightsError
+from .config import CnnParams, ModelParams, Params, Resnet18Params
+
+NUM_CLASSES = 10
+
+
+class Preprocess(nn.Module):
+    def __init__(self, mean: list[float], std: list[float], size: int | None = None):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        if self.size and x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
+
+
+class Classifier(nn.Module):
+    def __init__(self, preprocess: Preprocess, net: nn.Module):
+        super().__init__()
+        self.preprocess = preprocess
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(x))
+
+
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class SeedCNN(nn.Sequential):
+    """The seed notebook's CNN, layer for layer."""
+
+    def __init__(self, dropout: float = 0.5):
+        super().__init__(
+            *conv_bn_relu(3, 64),
+            *conv_bn_relu(64, 64), nn.MaxPool2d(2),
+            *conv_bn_relu(64, 128),
+            *conv_bn_relu(128, 128), nn.MaxPool2d(2),
+            *conv_bn_relu(128, 256), nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(256 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(512, NUM_CLASSES),
+        )
+
+
+class ResidualUnit(nn.Module):
+    """conv3x3-BN-ReLU-conv3x3-BN plus a skip (identity, or conv1x1+BN when downsampling), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.main = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.main(x) + self.skip(x))
+
+
+class ResNet34(nn.Module):
+    UNITS = (3, 4, 6, 3)
+    WIDTHS = (64, 128, 256, 512)
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, stride=2, padding=1),
+        )
+        stages, cin = [], 64
+        for i, (units, width) in enumerate(zip(self.UNITS, self.WIDTHS)):
+            stride = 1 if i == 0 else 2
+            stages.append(nn.Sequential(*(ResidualUnit(cin if u == 0 else width, width, stride if u == 0 else 1)
+                                          for u in range(units))))
+            cin = width
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, NUM_CLASSES))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.stages(self.stem(x)))
+
+
+def imagenet_state_dict(cfg: Resnet18Params) -> dict[str, torch.Tensor] | None:
+    """ImageNet weights from cfg.weights_path, else torchvision's weights API (cache, then download)."""
+    if cfg.weights_path:
+        path = Path(cfg.weights_path)
+        if not path.is_file():
+            raise WeightsError(f"resnet18.weights_path = {cfg.weights_path} does not exist; "
+                               "point it at a torchvision resnet18 state dict (.pth)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # torch raises many types for a bad file
+            raise WeightsError(f"resnet18.weights_path = {path} is not a loadable state dict ({exc})") from None
+    if cfg.weights == "none":
+        return None
+    weights = ResNet18_Weights[cfg.weights]
+    try:
+        return weights.get_state_dict(progress=False, check_hash=True)
+    except Exception as exc:  # URLError, hash mismatch, OSError: all mean "not available"
+        cache = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch")) / "hub" / "checkpoints"
+        raise WeightsError(
+            f"ImageNet weights {cfg.weights} could not be loaded ({type(exc).__name__}: {exc}).\n"
+            f"Offline? Put {Path(weights.url).name} into {cache} (or set $TORCH_HOME), "
+            "or set resnet18.weights_path to a local copy, "
+            "or set resnet18.weights: none to train from random initialisation."
+        ) from None
+
+
+def finetune_resnet18(cfg: Resnet18Params, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
+    net = resnet18(weights=None)
+    if state_dict is not None:
+        try:
+            net.load_state_dict(state_dict)
+        except RuntimeError as exc:
+            raise WeightsError(f"the resnet18 weights do not fit torchvision's resnet18: {exc}") from None
+    net.fc = nn.Linear(net.fc.in_features, NUM_CLASSES)
+    trainable = tuple(cfg.trainable)
+    for name, param in net.named_parameters():
+        param.requires_grad = name.split(".")[0] in trainable
+    return net
+
+
+def build_model(name: str, cfg: ModelParams, *, pretrained: bool = True) -> Classifier:
+    """Build one of the three models. pretrained=False skips the ImageNet load (for restoring checkpoints)."""
+    size = None
+    if name == "cnn":
+        assert isinstance(cfg, CnnParams)
+        net: nn.Module = SeedCNN(cfg.dropout)
+    elif name == "resnet34":
+        net = ResNet34()
+    elif name == "resnet18":
+        assert isinstance(cfg, Resnet18Params)
+        net = finetune_resnet18(cfg, imagenet_state_dict(cfg) if pretrained else None)
+        size = cfg.image_size
+    else:
+        raise ValueError(f"unknown model {name!r}")
+    return Classifier(Preprocess(cfg.normalize.mean, cfg.normalize.std, size), net)
+
+
+def model_from_params(params: Params, name: str, *, pretrained: bool = True) -> Classifier:
+    return build_model(name, params.model(name), pretrained=pretrained)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total)."""
+    params = list(model.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

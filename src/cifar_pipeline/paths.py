@@ -1,0 +1,31 @@
+"""Where each stage reads and writes, relative to the project root (the stage's working dir)."""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+DATA = Path("data/cifar10.npz")
+MODELS = Path("models")
+REPORTS = Path("reports")
+RESUME_DIR = Path("state/resume")  # under the project root, never a DVC output
+
+STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
+
+
+def model_dir(name: str) -> Path:
+    return MODELS / name
+
+
+def run_info(name: str) -> Path:
+    return model_dir(name) / "mlflow_run.json"
+
+
+def train_summary(name: str) -> Path:
+    return REPORTS / "train" / f"{name}.json"
+
+
+def history(name: str) -> Path:
+    return REPORTS / "history" / f"{name}.csv"
+
+
+def eval_dir(name: str) -> Path:
+    return REPORTS / "eval" / name

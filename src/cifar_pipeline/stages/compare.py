@@ -1,0 +1,34 @@
+"""Stage `compare`: reports/comparison.{md,csv} from the three models' outputs, logged to MLflow."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import cli, paths
+from ..config import load_params
+from ..tracking import Tracker, base_tags
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    args = parser.parse_args()
+    params = load_params(args.params)
+
+    from ..comparison import build_table, write
+
+    table = build_table(params)
+    files = write(table)
+    tracker = Tracker(params.mlflow)
+    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])}}
+    tracker.start("comparison", tags, {})
+    tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
+    for path in files:
+        tracker.log_artifact(path)
+    tracker.end("FINISHED")
+    print(paths.REPORTS.joinpath("comparison.md").read_text())
+
+
+if __name__ == "__main__":
+    cli.run(main)

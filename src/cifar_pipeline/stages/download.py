@@ -1,0 +1,28 @@
+"""Stage `download`: fetch and verify cifar-10-python.tar.gz, write data/cifar10.npz."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import cli, paths
+from ..config import load_params
+from ..data import Cifar10, fetch_archive, first_n, read_archive, save_arrays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    args = parser.parse_args()
+    cfg = load_params(args.params).data
+
+    archive = fetch_archive(Path(cfg.archive), cfg.url, cfg.md5)
+    full = read_archive(archive)
+    data = Cifar10(*first_n(full.train_x, full.train_y, cfg.train_limit),
+                   *first_n(full.test_x, full.test_y, cfg.test_limit), full.classes)
+    save_arrays(data, paths.DATA)
+    print(f"download: {len(data.train_y)} train and {len(data.test_y)} test images -> {paths.DATA}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
