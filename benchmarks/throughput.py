@@ -1,0 +1,168 @@
+"""Training throughput per model, three ways, measured in one process:
+
+- project: the pipeline's own epoch (device-resident data, batched augmentation, the engine's step);
+- floor:   the same step replayed on one pre-made device batch (no data handling at all);
+- dataloader: the seed notebooks' way (torchvision DataLoader, PIL transforms, 2 workers, fp32 eager).
+
+Usage: python benchmarks/throughput.py [--params params.yaml] [--data data/cifar10.npz] [--out FILE]
+Speed claims live here and in docs/benchmarks.md, never in the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from cifar_pipeline import paths
+from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_params
+from cifar_pipeline.data import load_arrays, split_indices
+from cifar_pipeline.engine import DeviceData, Settings, Trainer, configure_backends, make_optimizer, pick_device
+from cifar_pipeline.models import model_from_params
+
+FLOOR_STEPS = 300
+DATALOADER_WARMUP, DATALOADER_STEPS = 20, 150
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def project_img_per_s(trainer: Trainer) -> dict:
+    """First epoch includes graph capture; the second is the steady state."""
+    first = trainer.train_epoch(1)
+    second = trainer.train_epoch(2)
+    n = trainer.data.train_x.shape[0]
+    return {"img_per_s": second.images_per_second, "first_epoch_train_s": n / first.images_per_second,
+            "steady_epoch_train_s": n / second.images_per_second}
+
+
+def floor_img_per_s(trainer: Trainer, batch_size: int) -> float:
+    x = trainer.settings.layout(trainer.data.val_x[:batch_size].clone())
+    y = trainer.data.val_y[:batch_size].clone()
+    step = trainer.step
+    step(x, y)  # captures the graph if enabled
+    replay = step.graph.replay if step.graph is not None else (lambda: step._step(x, y))
+    for _ in range(10):
+        replay()
+    sync(trainer.settings.device)
+    start = time.perf_counter()
+    for _ in range(FLOOR_STEPS):
+        replay()
+    sync(trainer.settings.device)
+    return FLOOR_STEPS * batch_size / (time.perf_counter() - start)
+
+
+class PilDataset(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
+
+
+def notebook_transform(cfg: ModelParams):
+    """The seed notebooks' torchvision transforms for this model's recipe."""
+    steps = []
+    if isinstance(cfg, Resnet18Params):
+        steps.append(transforms.Resize(cfg.image_size))
+    if cfg.augment.crop_padding:
+        steps.append(transforms.RandomCrop(32, padding=cfg.augment.crop_padding))
+    if cfg.augment.hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    if cfg.augment.brightness or cfg.augment.contrast:
+        steps.append(transforms.ColorJitter(brightness=cfg.augment.brightness, contrast=cfg.augment.contrast))
+    steps += [transforms.ToTensor(), transforms.Normalize(cfg.normalize.mean, cfg.normalize.std)]
+    return transforms.Compose(steps)
+
+
+def dataloader_img_per_s(model: torch.nn.Module, cfg: ModelParams, images: np.ndarray, labels: np.ndarray,
+                         device: torch.device) -> float:
+    """fp32 eager training fed by DataLoader(num_workers=2) with PIL transforms, as the notebooks did."""
+    net = model.net.to(device).train()  # the notebooks normalized in the transform, not the model
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.optimizer.lr)
+    loader = DataLoader(PilDataset(images, labels, notebook_transform(cfg)), batch_size=cfg.batch_size,
+                        shuffle=True, num_workers=2, pin_memory=device.type == "cuda", drop_last=True)
+    def batches():
+        while True:
+            yield from loader
+
+    seen, start = 0, time.perf_counter()
+    for i, (x, y) in enumerate(batches()):
+        if i == DATALOADER_WARMUP:
+            sync(device)
+            start, seen = time.perf_counter(), 0
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+        seen += y.shape[0]
+        if i == DATALOADER_WARMUP + DATALOADER_STEPS:
+            break
+    sync(device)
+    return seen / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=paths.PARAMS)
+    parser.add_argument("--data", type=Path, default=paths.DATA)
+    parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--skip-dataloader", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    params = load_params(args.params)
+    device = pick_device(params.runtime.device)
+    configure_backends(params.runtime, device)
+    settings = Settings.resolve(params.runtime, device)
+    settings.progress = False
+    data = load_arrays(args.data)
+    train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
+    device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
+                                        data.train_x[val_idx], data.train_y[val_idx], device)
+    results = {}
+    for name in args.models:
+        cfg = params.model(name)
+        torch.manual_seed(params.seed)
+        gen = torch.Generator(device=device).manual_seed(params.seed)
+        trainer = Trainer(name, model_from_params(params, name, pretrained=False), cfg, settings, device_data, gen)
+        row = project_img_per_s(trainer)
+        floor_trainer = Trainer(name, model_from_params(params, name, pretrained=False), cfg, settings,
+                                device_data, gen)
+        row["floor_img_per_s"] = floor_img_per_s(floor_trainer, cfg.batch_size)
+        del trainer, floor_trainer
+        if not args.skip_dataloader:
+            row["dataloader_img_per_s"] = dataloader_img_per_s(
+                model_from_params(params, name, pretrained=False), cfg, data.train_x[train_idx],
+                data.train_y[train_idx], device)
+        results[name] = row
+        print(json.dumps({name: row}), flush=True)
+
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else str(device)
+    print(f"\n{gpu}, batch sizes from {args.params}")
+    print(f"{'model':<10}{'project img/s':>15}{'floor img/s':>13}{'project/floor time':>20}"
+          f"{'dataloader img/s':>18}{'speed-up':>10}")
+    for name, r in results.items():
+        dl = r.get("dataloader_img_per_s")
+        print(f"{name:<10}{r['img_per_s']:>15,.0f}{r['floor_img_per_s']:>13,.0f}"
+              f"{r['floor_img_per_s'] / r['img_per_s']:>19.3f}x"
+              f"{dl or float('nan'):>18,.0f}{(r['img_per_s'] / dl if dl else float('nan')):>9.1f}x")
+    if args.out:
+        args.out.write_text(json.dumps({"gpu": gpu, "models": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
