@@ -30,7 +30,7 @@ if [ "${SKIP_REPRO:-0}" != 1 ]; then
     start=$(date +%s.%N)
     dvc repro -s "$s" 2>&1 | tee -a "$OUT/repro.log" | grep -E "epoch|error|Error|accuracy|logged" || true
     end=$(date +%s.%N)
-    echo "$s $(echo "$end - $start" | bc)" | tee -a "$OUT/stage_seconds.txt"
+    echo "$s $(python3 -c "print(round($end - $start, 1))")" | tee -a "$OUT/stage_seconds.txt"
   done
   dvc repro 2>&1 | tail -1 | tee -a "$OUT/repro.log"
   tar czf "$OUT/reports.tar.gz" reports dvc.lock
