@@ -36,5 +36,6 @@ if [ "${SKIP_REPRO:-0}" != 1 ]; then
   tar czf "$OUT/reports.tar.gz" reports dvc.lock
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  [ -f data/cifar10.npz ] || python3 -m cifar_pipeline.stages.download
   python3 benchmarks/throughput.py --out "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
 fi
