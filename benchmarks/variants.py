@@ -1,0 +1,74 @@
+"""Choose the runtime defaults by measurement: for one model, time the first epoch (graph capture and
+cuDNN autotuning included) and the steady-state step for each mix of bf16 autocast, channels_last
+and torch.compile, with cudnn.benchmark on or off (one process each, since cuDNN caches its choices).
+
+Usage: python benchmarks/variants.py MODEL --cudnn-benchmark {0,1} [--compile] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from itertools import product
+from pathlib import Path
+
+import torch
+
+from cifar_pipeline import paths
+from cifar_pipeline.config import MODELS, load_params
+from cifar_pipeline.data import load_arrays, split_indices
+from cifar_pipeline.engine import DeviceData, Settings, Trainer, pick_device
+from cifar_pipeline.models import model_from_params
+
+from throughput import floor_img_per_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model", choices=MODELS)
+    parser.add_argument("--cudnn-benchmark", type=int, choices=(0, 1), required=True)
+    parser.add_argument("--compile", action="store_true", help="also try torch.compile (default mode)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    params = load_params(paths.PARAMS)
+    device = pick_device("cuda")
+    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    data = load_arrays(paths.DATA)
+    train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
+    device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
+                                        data.train_x[val_idx], data.train_y[val_idx], device)
+    cfg = params.model(args.model)
+    rows = []
+    variants = [(bf16, cl, False) for bf16, cl in product((True, False), (True, False))]
+    if args.compile:
+        variants.append((True, True, True))
+    for bf16, channels_last, compiled in variants:
+        settings = Settings(device, bf16, channels_last, True, params.runtime.eval_batch_size, False)
+        torch.manual_seed(params.seed)
+        model = model_from_params(params, args.model, pretrained=False)
+        gen = torch.Generator(device=device).manual_seed(params.seed)
+        trainer = Trainer(args.model, model, cfg, settings, device_data, gen)
+        start = time.perf_counter()
+        if compiled:
+            trainer.model.net = torch.compile(trainer.model.net)
+        first = trainer.train_epoch(1)
+        first_s = time.perf_counter() - start
+        second = trainer.train_epoch(2)
+        row = {"model": args.model, "cudnn_benchmark": args.cudnn_benchmark, "bf16": bf16,
+               "channels_last": channels_last, "compile": compiled, "first_epoch_s": round(first_s, 2),
+               "epoch_s": round(second.epoch_seconds, 3), "img_per_s": round(second.images_per_second),
+               "floor_img_per_s": round(floor_img_per_s(trainer, cfg.batch_size)),
+               "val_acc_after_2": round(second.val_acc, 4)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        del trainer, model
+        torch.cuda.empty_cache()
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
