@@ -2,7 +2,8 @@
 # Runtime-default measurements on the GPU machine (see benchmarks/variants.py); output in $OUT.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD/src:$PWD/benchmarks
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null || exit 1
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD/src:$PWD/benchmarks
 python3 .gpu/build_archive.py --src .gpu/cifar10-jpeg.tar.xz --out data/cifar-10-python.tar.gz >/dev/null || exit 1
 python3 - <<'PY'
 import yaml
