@@ -50,8 +50,8 @@ def configure_backends(runtime: RuntimeParams, device: torch.device) -> None:
     if runtime.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    else:
+        torch.backends.cudnn.benchmark = runtime.cudnn_benchmark
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 
