@@ -39,3 +39,6 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   [ -f data/cifar10.npz ] || python3 -m cifar_pipeline.stages.download
   python3 benchmarks/throughput.py --out "$OUT/throughput.json" 2>&1 | tee "$OUT/throughput.log"
 fi
+if [ "${PROFILE:-0}" = 1 ]; then
+  for m in resnet18 resnet34; do python3 benchmarks/profile_step.py $m 2>&1 | tee -a "$OUT/profile.txt"; done
+fi
