@@ -166,7 +166,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 
 def _describe(error: dict) -> str:
     loc = error["loc"]
-    path = ".".join(str(p) for p in loc)
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
     value = error.get("input")
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -180,10 +180,13 @@ def _describe(error: dict) -> str:
     if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
         bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         return f"{path} must be {op} {bound}, got {value!r}"
     if kind == "literal_error":
         return f"{path} must be one of {ctx.get('expected')}, got {value!r}"
     message = error["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a whole-section check: its message names the keys and values itself
+        return f"{path}: {message}"
     return f"{path}: {message}, got {value!r}"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import pickle
 import shutil
 import tarfile
@@ -48,7 +49,7 @@ def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 atomic.write_with(path, lambda tmp: _copy_stream(response, tmp))
-        except (urllib.error.URLError, OSError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
             raise DataError(
                 f"CIFAR-10 archive not found at {path.resolve()} and the download from {url} failed ({exc}).\n"
                 f"Offline? Copy cifar-10-python.tar.gz (md5 {md5}) to {path.resolve()}, "
@@ -73,8 +74,16 @@ def _unpickle(tar: tarfile.TarFile, name: str, archive: Path) -> dict:
         member = tar.getmember(f"{BATCH_DIR}/{name}")
     except KeyError:
         raise DataError(f"{archive} has no member {BATCH_DIR}/{name}: it is not a complete CIFAR-10 archive") from None
-    with tar.extractfile(member) as fh:
-        batch = pickle.load(fh, encoding="bytes")
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise DataError(f"{archive}: {BATCH_DIR}/{name} is not a file")
+    with fh:
+        try:
+            batch = pickle.load(fh, encoding="bytes")
+        except Exception as exc:  # any unpickling failure means a broken member
+            raise DataError(f"{archive}: {BATCH_DIR}/{name} is not a readable pickle ({exc})") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{archive}: {BATCH_DIR}/{name} holds a {type(batch).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
 
 
@@ -98,7 +107,7 @@ def read_archive(archive: Path) -> Cifar10:
             meta = _unpickle(tar, META_MEMBER, archive)
             parts = [_batch_arrays(_unpickle(tar, m, archive), m, archive) for m in TRAIN_MEMBERS]
             test_x, test_y = _batch_arrays(_unpickle(tar, TEST_MEMBER, archive), TEST_MEMBER, archive)
-    except (tarfile.TarError, EOFError, OSError, pickle.UnpicklingError) as exc:
+    except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(
             f"{archive} is not a readable cifar-10-python.tar.gz ({type(exc).__name__}: {exc}). "
             "Delete it and download it again."

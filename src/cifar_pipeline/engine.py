@@ -26,11 +26,13 @@ GRAPH_WARMUP_STEPS = 3
 
 
 class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; training stopped after the current step."""
+    """SIGINT/SIGTERM arrived; training stopped after the current step. `partial` is what
+    Trainer.train_epoch(resume=...) needs to finish the epoch exactly as it would have gone."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int, partial: dict):
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
+        self.partial = partial
 
 
 def pick_device(choice: str) -> torch.device:
@@ -266,8 +268,12 @@ class Trainer:
     def validate(self) -> tuple[float, float]:
         return loss_and_accuracy(predict(self.model, self.data.val_x, self.settings), self.data.val_y)
 
-    def train_epoch(self, epoch: int) -> EpochResult:
+    def train_epoch(self, epoch: int, resume: dict | None = None) -> EpochResult:
+        """One epoch; `resume` (from Interrupted.partial) continues an interrupted one."""
         start = time.perf_counter()
+        if resume is not None:
+            self.generator.set_state(resume["generator"])
+        generator_at_start = self.generator.get_state()
         n = self.data.train_x.shape[0]
         order = torch.randperm(n, device=self.settings.device, generator=self.generator)
         xs = self.settings.layout(augment(self.data.train_x[order], self.cfg.augment, self.generator))
@@ -275,26 +281,34 @@ class Trainer:
         lr = current_lr(self.optimizer)
         self.model.train()
         self.step.reset()
+        done, earlier_seconds = 0, 0.0
+        if resume is not None:
+            done, earlier_seconds = resume["steps"], resume["seconds"]
+            self.step.loss_sum.fill_(resume["loss_sum"])
+            self.step.correct.fill_(resume["correct"])
         batch = self.cfg.batch_size
-        with self._progress(n, epoch) as advance:
-            for begin in range(0, n, batch):
-                self.step(xs[begin : begin + batch], ys[begin : begin + batch])
+        steps = -(-n // batch)
+        with self._progress(steps, done, epoch) as advance:
+            for index in range(done, steps):
+                self.step(xs[index * batch : (index + 1) * batch], ys[index * batch : (index + 1) * batch])
                 advance()
-                if self.stop_signal is not None:
-                    raise Interrupted(self.stop_signal)
+                if self.stop_signal is not None and index + 1 < steps:
+                    raise Interrupted(self.stop_signal, {
+                        "epoch": epoch, "steps": index + 1, "generator": generator_at_start,
+                        "loss_sum": self.step.loss_sum.item(), "correct": self.step.correct.item(),
+                        "seconds": earlier_seconds + time.perf_counter() - start})
             train_loss, train_acc = (torch.stack([self.step.loss_sum, self.step.correct.float()]) / n).tolist()
-        train_seconds = time.perf_counter() - start
+        train_seconds = earlier_seconds + time.perf_counter() - start
         self.scheduler.step()
         val_loss, val_acc = self.validate()
         return EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr,
-                           time.perf_counter() - start, n / train_seconds)
+                           earlier_seconds + time.perf_counter() - start, n / train_seconds)
 
     @contextmanager
-    def _progress(self, n: int, epoch: int) -> Iterator[Callable[[], None]]:
+    def _progress(self, steps: int, done: int, epoch: int) -> Iterator[Callable[[], None]]:
         from tqdm import tqdm
 
-        steps = -(-n // self.cfg.batch_size)
-        with tqdm(total=steps, desc=f"{self.name} epoch {epoch}/{self.cfg.epochs}", unit="step",
+        with tqdm(total=steps, initial=done, desc=f"{self.name} epoch {epoch}/{self.cfg.epochs}", unit="step",
                   disable=not self.settings.progress, leave=False, mininterval=0.5) as bar:
             yield bar.update
 

@@ -1,4 +1,4 @@
-"""Errors a user can fix; the stage CLIs print their message as one line, with no traceback."""
+"""Errors a user can fix; the stage CLIs print their message after `error:`, with no traceback."""
 
 
 class PipelineError(RuntimeError):

@@ -116,9 +116,12 @@ def imagenet_state_dict(cfg: Resnet18Params) -> dict[str, torch.Tensor] | None:
             raise WeightsError(f"resnet18.weights_path = {cfg.weights_path} does not exist; "
                                "point it at a torchvision resnet18 state dict (.pth)")
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
             raise WeightsError(f"resnet18.weights_path = {path} is not a loadable state dict ({exc})") from None
+        if not isinstance(state, dict):
+            raise WeightsError(f"resnet18.weights_path = {path} holds a {type(state).__name__}, not a state dict")
+        return state
     if cfg.weights == "none":
         return None
     weights = ResNet18_Weights[cfg.weights]

@@ -62,6 +62,9 @@ class BackgroundWriter:
             raise error
 
 
+PROGRESS_KEYS = ("epoch", "partial", "history", "best", "train_seconds", "best_model", "run_id")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -100,18 +103,20 @@ def train(params: Params, name: str) -> dict:
     trainable, total = count_parameters(model)
 
     if state is None:
-        progress = {"epoch": 0, "history": [], "best": {"val_acc": -1.0, "epoch": 0}, "train_seconds": 0.0,
-                    "best_model": to_cpu(model.state_dict())}
+        progress = {"epoch": 0, "partial": None, "history": [], "best": {"val_acc": -1.0, "epoch": 0},
+                    "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
         progress["run_id"] = tracker.start(name, {**base_tags(stage), "model": name}, params.stage_params(name))
         tracker.log_metrics({"params_trainable": trainable, "params_total": total})
         logged: set[int] = set()
     else:
         trainer.load_state(state["trainer"])
         checkpoint.set_rng_state(state["rng"])
-        progress = {k: state[k] for k in ("epoch", "history", "best", "train_seconds", "best_model", "run_id")}
+        progress = {k: state[k] for k in PROGRESS_KEYS}
         tracker.reopen(progress["run_id"])
         logged = tracker.logged_steps("val_acc")
-        print(f"{stage}: resuming MLflow run {progress['run_id']} after epoch {progress['epoch']}", flush=True)
+        within = f" (+{progress['partial']['steps']} steps)" if progress["partial"] else ""
+        print(f"{stage}: resuming MLflow run {progress['run_id']} after epoch {progress['epoch']}{within}",
+              flush=True)
 
     def save_and_log(snapshot: dict, rows: list[dict]) -> None:
         checkpoint.save(snapshot, resume_file)
@@ -129,21 +134,24 @@ def train(params: Params, name: str) -> dict:
     try:
         with trainer.stop_on_signals():
             for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
-                result = _train_epoch(trainer, epoch, name, cfg.batch_size, device)
+                result = _train_epoch(trainer, epoch, progress["partial"], name, cfg.batch_size, device)
+                progress.update(epoch=epoch, partial=None, train_seconds=progress["train_seconds"] + result.epoch_seconds)
                 progress["history"].append(asdict(result))
-                progress["epoch"] = epoch
-                progress["train_seconds"] += result.epoch_seconds
                 if result.val_acc > progress["best"]["val_acc"]:
                     progress["best"] = {"val_acc": result.val_acc, "epoch": epoch}
                     progress["best_model"] = to_cpu(model.state_dict())
                 writer.submit(lambda s=snapshot(), r=[asdict(result)]: save_and_log(s, r))
                 print(_summary_line(stage, result), flush=True)
+                if trainer.stop_signal is not None and epoch < cfg.epochs:
+                    raise Interrupted(trainer.stop_signal, None)
         writer.wait()
     except Interrupted as stop:
         writer.wait()
+        progress["partial"] = stop.partial
+        checkpoint.save(snapshot(), resume_file)
         tracker.end("KILLED")
-        print(f"{stage}: {stop}; checkpoint after epoch {progress['epoch']} kept at {resume_file}; "
-              "run `dvc repro` to resume", flush=True)
+        where = f"epoch {stop.partial['epoch']}, step {stop.partial['steps']}" if stop.partial else f"epoch {progress['epoch']}"
+        print(f"{stage}: {stop}; checkpoint at {where} saved to {resume_file}; run `dvc repro` to resume", flush=True)
         raise SystemExit(128 + stop.signum) from None
     except BaseException:
         writer.wait()
@@ -156,9 +164,10 @@ def train(params: Params, name: str) -> dict:
     return summary
 
 
-def _train_epoch(trainer: Trainer, epoch: int, name: str, batch_size: int, device: torch.device) -> EpochResult:
+def _train_epoch(trainer: Trainer, epoch: int, partial: dict | None, name: str, batch_size: int,
+                 device: torch.device) -> EpochResult:
     try:
-        return trainer.train_epoch(epoch)
+        return trainer.train_epoch(epoch, partial)
     except torch.OutOfMemoryError:
         raise TrainingError(
             f"{name} ran out of {device.type} memory at {name}.batch_size = {batch_size}. "

@@ -1,0 +1,86 @@
+"""Bad input stops a stage CLI early with exit code 2 and one error message, leaving nothing behind."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+
+import pytest
+
+from conftest import read_params, stage, write_params
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if line.startswith("error:")]) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+def assert_nothing_left(project) -> None:
+    assert not (project / "mlflow.db").exists()
+    assert not (project / "models").exists()
+    assert not (project / "reports").exists()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("cnn.optimizer.lr", -0.1, "cnn.optimizer.lr must be > 0, got -0.1"),
+    ("cnn.optimizer.lrr", 0.1, "unknown key `cnn.optimizer.lrr` (did you mean `lr`?)"),
+    ("runtime.device", "tpu", "runtime.device must be one of"),
+    ("resnet18.weights", "IMAGENET1K_V9", "resnet18.weights must be one of"),
+])
+def test_bad_param_stops_training_before_any_work(project, path, value, message):
+    stage("download", cwd=project)
+    params = read_params(project)
+    *parents, key = path.split(".")
+    section = params
+    for name in parents:
+        section = section[name]
+    section[key] = value
+    write_params(project, params)
+
+    result = stage("train", "cnn", cwd=project, check=False)
+
+    assert_clean_failure(result, message)
+    assert_nothing_left(project)
+
+
+def test_offline_without_archive_says_where_to_put_it(project):
+    archive = project / "data" / "cifar-10-python.tar.gz"
+    archive.unlink()
+    params = read_params(project)
+    params["data"]["url"] = "http://127.0.0.1:9/cifar-10-python.tar.gz"
+    write_params(project, params)
+
+    result = stage("download", cwd=project, check=False)
+
+    assert_clean_failure(result, str(archive.resolve()), f"md5 {params['data']['md5']}")
+    assert not archive.exists()
+    assert not (project / "data" / "cifar10.npz").exists()
+
+
+@pytest.mark.parametrize("via", ["params", "env"])
+def test_unreachable_tracking_server_fails_fast_naming_it(project, via):
+    uri = f"http://127.0.0.1:{free_port()}"
+    env = {"MLFLOW_TRACKING_URI": uri} if via == "env" else {}
+    if via == "params":
+        params = read_params(project)
+        params["mlflow"]["tracking_uri"] = uri
+        write_params(project, params)
+    stage("download", cwd=project)
+
+    start = time.monotonic()
+    result = stage("train", "cnn", cwd=project, check=False, **env)
+    elapsed = time.monotonic() - start
+
+    assert_clean_failure(result, f"MLflow tracking server {uri} is unreachable")
+    assert elapsed < 20
+    assert_nothing_left(project)

@@ -1,0 +1,126 @@
+"""params.yaml: the repo's defaults, the schema's error messages, and what the resume key depends on."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from cifar_pipeline.config import load_params, parse_params
+from cifar_pipeline.errors import ParamsError
+from conftest import ROOT
+
+REPO_PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+DELETE = object()
+
+
+def mutated(path: str, value: object) -> dict:
+    """The repo's params with the dotted key `path` set to value (or removed, for DELETE)."""
+    params = copy.deepcopy(REPO_PARAMS)
+    *parents, key = path.split(".")
+    section = params
+    for name in parents:
+        section = section[name]
+    if value is DELETE:
+        del section[key]
+    else:
+        section[key] = value
+    return params
+
+
+def test_repo_params_match_the_spec():
+    p = load_params(ROOT / "params.yaml")
+    unspecified = {"optimizer": {"weight_decay", "momentum"}, "scheduler": {"step_size", "gamma"}}
+    assert p.cnn.model_dump(exclude={"optimizer": {"weight_decay", "momentum"}}) == {
+        "epochs": 30, "batch_size": 64, "dropout": 0.5,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "scheduler": {"name": "step", "step_size": 10, "gamma": 0.5},
+        "augment": {"crop_padding": 4, "hflip": True, "brightness": 0.2, "contrast": 0.2},
+        "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    }
+    assert p.resnet34.model_dump(exclude={**unspecified, "normalize": True}) == {
+        "epochs": 10, "batch_size": 64,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "scheduler": {"name": "none"},
+        "augment": {"crop_padding": 0, "hflip": False, "brightness": 0.0, "contrast": 0.0},
+    }
+    assert p.resnet18.model_dump(exclude={**unspecified, "weights_path": True}) == {
+        "epochs": 10, "batch_size": 64, "image_size": 224, "weights": "IMAGENET1K_V1", "trainable": ["layer4", "fc"],
+        "optimizer": {"name": "adam", "lr": 1e-4},
+        "scheduler": {"name": "none"},
+        "augment": {"crop_padding": 0, "hflip": True, "brightness": 0.0, "contrast": 0.0},
+        "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    }
+    assert (p.data.md5, p.data.val_size) == ("c58f30108f718f92721af3b95e74349a", 5000)
+    assert p.mlflow.tracking_uri == "sqlite:///mlflow.db"
+
+
+def bad(path: str, value: object, message: str):
+    text = yaml.safe_dump(mutated(path, value))
+    return pytest.param(text, message, id=f"{path}-deleted" if value is DELETE else f"{path}={value!r}")
+
+
+BAD_PARAMS = [
+    bad("cnn.optimizer.lrr", 0.1, "unknown key `cnn.optimizer.lrr` (did you mean `lr`?)"),
+    bad("cnn.epoch", 3, "unknown key `cnn.epoch` (did you mean `epochs`?)"),
+    bad("sed", 1, "unknown key `sed` (did you mean `seed`?)"),
+    bad("runtime.devise", "cpu", "unknown key `runtime.devise` (did you mean `device`?)"),
+    bad("resnet18.augment.hflp", True, "unknown key `resnet18.augment.hflp` (did you mean `hflip`?)"),
+    bad("cnn.optimizer.lr", -0.1, "cnn.optimizer.lr must be > 0, got -0.1"),
+    bad("resnet34.optimizer.lr", 0, "resnet34.optimizer.lr must be > 0, got 0"),
+    bad("cnn.optimizer.lr", "fast", "cnn.optimizer.lr: Input should be a valid number"),
+    bad("cnn.epochs", 0, "cnn.epochs must be > 0, got 0"),
+    bad("cnn.epochs", "ten", "cnn.epochs: Input should be a valid integer, unable to parse string as an integer, got 'ten'"),
+    bad("resnet34.batch_size", -1, "resnet34.batch_size must be > 0, got -1"),
+    bad("cnn.optimizer.name", "adagrad", "cnn.optimizer.name must be one of 'adam', 'adamw' or 'sgd', got 'adagrad'"),
+    bad("runtime.device", "tpu", "runtime.device must be one of 'auto', 'cuda', 'mps' or 'cpu', got 'tpu'"),
+    bad("cnn.scheduler.name", "linear", "cnn.scheduler.name must be one of 'none', 'step' or 'cosine', got 'linear'"),
+    bad("resnet18.weights", "IMAGENET1K_V9", "resnet18.weights must be one of 'IMAGENET1K_V1' or 'none', got 'IMAGENET1K_V9'"),
+    bad("cnn.dropout", 1.5, "cnn.dropout must be <= 1, got 1.5"),
+    bad("cnn.scheduler.gamma", 0, "cnn.scheduler.gamma must be > 0, got 0"),
+    bad("cnn.augment.crop_padding", 40, "cnn.augment.crop_padding must be <= 16, got 40"),
+    bad("data.md5", "not-an-md5", "data.md5: String should match pattern '^[0-9a-f]{32}$', got 'not-an-md5'"),
+    bad("data.train_limit", 5000, "data.val_size = 5000 must be below data.train_limit = 5000"),
+    bad("cnn.normalize.mean", [0.5, 0.5], "cnn.normalize.mean: List should have at least 3 items after validation, not 2"),
+    bad("cnn.normalize.std", [0.5, 0, 0.5], "cnn.normalize.std[1] must be > 0, got 0"),
+    bad("resnet18.trainable", ["layer4"], "resnet18.trainable: must include 'fc' (the new 10-class head), got ['layer4']"),
+    bad("resnet34", DELETE, "`resnet34` is required but missing"),
+    bad("cnn.optimizer", DELETE, "`cnn.optimizer` is required but missing"),
+    pytest.param("cnn: [1, 2\n", "params.yaml is not valid YAML", id="yaml-syntax-error"),
+    pytest.param("- cnn\n- resnet34\n", "params.yaml must be a YAML mapping of sections, got list", id="top-level-list"),
+    pytest.param(None, "params.yaml not found", id="no-file"),
+]
+
+
+@pytest.mark.parametrize("text, message", BAD_PARAMS)
+def test_bad_params_are_rejected_with_a_clear_message(tmp_path, text, message):
+    path = tmp_path / "params.yaml"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(ParamsError) as error:
+        load_params(path)
+    assert message in str(error.value)
+
+
+def test_every_problem_is_reported_at_once():
+    params = mutated("cnn.epochs", 0)
+    params["runtime"]["device"] = "tpu"
+    with pytest.raises(ParamsError) as error:
+        parse_params(params)
+    assert "cnn.epochs must be > 0, got 0" in str(error.value)
+    assert "runtime.device must be one of" in str(error.value)
+
+
+@pytest.mark.parametrize("path, value, changes", [
+    ("cnn.optimizer.lr", 0.01, True),
+    ("seed", 7, True),
+    ("runtime.deterministic", True, True),
+    ("runtime.progress", False, False),
+    ("resnet34.optimizer.lr", 0.01, False),
+    ("resnet18.epochs", 3, False),
+])
+def test_cnn_stage_key_follows_only_what_changes_its_result(path, value, changes):
+    before = parse_params(REPO_PARAMS).stage_key("cnn")
+    after = parse_params(mutated(path, value)).stage_key("cnn")
+    assert (after != before) == changes

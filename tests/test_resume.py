@@ -1,0 +1,151 @@
+"""Killed training resumes: same MLflow run, no duplicate steps, the same final weights."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from conftest import read_params, run, stage, stage_env, write_params
+
+EPOCHS = 4
+
+
+@pytest.fixture
+def resumable(project):
+    """The project with a deterministic 4-epoch CNN, data prepared."""
+    params = read_params(project)
+    params["runtime"]["deterministic"] = True
+    params["cnn"].update(epochs=EPOCHS, batch_size=16)
+    write_params(project, params)
+    run(["git", "commit", "-qam", "deterministic cnn"], project)
+    stage("download", cwd=project)
+    return project
+
+
+def start_in_own_group(cmd: list[str], cwd) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=cwd, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
+    seen, deadline = [], time.monotonic() + timeout
+    for line in proc.stdout:
+        seen.append(line)
+        if re.search(pattern, line):
+            return seen
+        assert time.monotonic() < deadline, "".join(seen)
+    raise AssertionError(f"process ended before printing {pattern!r}:\n{''.join(seen)}")
+
+
+def cnn_runs(project):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar10")
+    return client, client.search_runs([experiment.experiment_id], "attributes.run_name = 'cnn'")
+
+
+def final_weights(project) -> dict[str, torch.Tensor]:
+    return torch.load(project / "models" / "cnn" / "last.pt", weights_only=True)["state_dict"]
+
+
+def assert_one_complete_run(project) -> None:
+    client, runs = cnn_runs(project)
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    for key in ("train_loss", "val_acc", "lr", "epoch_seconds"):
+        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key))
+        assert steps == list(range(1, EPOCHS + 1)), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [r"epoch 1:", r"epoch 3:"])
+def test_sigkill_then_repro_resumes_to_identical_weights(resumable, tmp_path, kill_after):
+    reference = tmp_path / "reference"
+    shutil.copytree(resumable, reference, symlinks=True)
+    run(["dvc", "repro", "train_cnn"], reference)
+
+    proc = start_in_own_group(["dvc", "repro", "train_cnn"], resumable)
+    wait_for_line(proc, kill_after)
+    time.sleep(0.3)  # land inside the next epoch
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (resumable / "models" / "cnn" / "last.pt").exists()
+
+    rerun = run(["dvc", "repro", "train_cnn"], resumable)
+    assert re.search(r"resuming MLflow run \w+ after epoch [1-9]", rerun.stdout), rerun.stdout
+    assert_one_complete_run(resumable)
+    expected, actual = final_weights(reference), final_weights(resumable)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert not list((resumable / "state" / "resume").glob("*.pt")), "resume checkpoint left after success"
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(resumable, reference, symlinks=True)
+    stage("train", "cnn", cwd=reference)
+
+    proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable)
+    wait_for_line(proc, r"epoch 1:")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
+    client, runs = cnn_runs(resumable)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert len(list((resumable / "state" / "resume").glob("train_cnn-*.pt"))) == 1
+
+    rerun = stage("train", "cnn", cwd=resumable)
+    assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
+    assert_one_complete_run(resumable)
+    expected, actual = final_weights(reference), final_weights(resumable)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def interrupt_after_first_epoch(project) -> None:
+    proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], project)
+    wait_for_line(proc, r"epoch 1:")
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM
+
+
+@pytest.mark.slow
+def test_changed_params_never_resume_an_old_run(resumable):
+    interrupt_after_first_epoch(resumable)
+    params = read_params(resumable)
+    params["cnn"]["optimizer"]["lr"] = 0.002
+    write_params(resumable, params)
+    rerun = stage("train", "cnn", cwd=resumable)
+    assert "resuming" not in rerun.stdout
+    _, runs = cnn_runs(resumable)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+
+
+def test_corrupt_checkpoint_warns_and_starts_fresh(resumable):
+    from cifar_pipeline.config import load_params
+
+    params = read_params(resumable)
+    params["cnn"]["epochs"] = 1
+    write_params(resumable, params)
+    key = load_params(resumable / "params.yaml").stage_key("cnn")
+    bad = resumable / "state" / "resume" / f"train_cnn-{key}.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    result = stage("train", "cnn", cwd=resumable)
+    assert "unreadable" in result.stderr and "starting fresh" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "resuming" not in result.stdout
+    assert (resumable / "models" / "cnn" / "best.pt").is_file()
