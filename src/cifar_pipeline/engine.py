@@ -35,6 +35,18 @@ class Interrupted(Exception):
         self.partial = partial
 
 
+@contextmanager
+def explain_oom(activity: str, param: str, batch_size: int) -> Iterator[None]:
+    """Turn a device out-of-memory error into one that names the batch-size param to lower."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise TrainingError(
+            f"{activity} ran out of device memory at {param} = {batch_size}. "
+            f"Set {param} to {max(batch_size // 2, 1)} or less in params.yaml and rerun."
+        ) from None
+
+
 def pick_device(choice: str) -> torch.device:
     if choice == "auto":
         if torch.cuda.is_available():

@@ -10,7 +10,7 @@ from . import atomic, metrics, paths
 from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays
-from .engine import Settings, configure_backends, predict, pick_device
+from .engine import Settings, configure_backends, explain_oom, pick_device, predict
 from .errors import DataError
 from .models import build_model
 from .tracking import Tracker
@@ -41,7 +41,8 @@ def evaluate(params: Params, name: str) -> dict:
 
     images = to_unit_float(torch.from_numpy(data.test_x).to(device).permute(0, 3, 1, 2))
     labels = torch.from_numpy(data.test_y).long().to(device)
-    logits = predict(model, images, settings)
+    with explain_oom(f"evaluating {name}", "runtime.eval_batch_size", settings.eval_batch_size):
+        logits = predict(model, images, settings)
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     cm = metrics.confusion_matrix(data.test_y, logits.argmax(1).cpu().numpy(), len(data.classes))
     result = {"loss": loss, **metrics.summarize(cm, data.classes)}

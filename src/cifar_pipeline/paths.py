@@ -8,6 +8,7 @@ MODELS = Path("models")
 REPORTS = Path("reports")
 RESUME_DIR = Path("state/resume")  # under the project root, never a DVC output
 
+DVC_EXPS_DIR = Path(".dvc") / "tmp" / "exps"
 STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
 
 
@@ -29,3 +30,14 @@ def history(name: str) -> Path:
 
 def eval_dir(name: str) -> Path:
     return REPORTS / "eval" / name
+
+
+def project_root(cwd: Path | None = None) -> Path:
+    """The repo root, also from inside a `dvc exp run --temp`/queue copy under <root>/.dvc/tmp/exps/."""
+    cwd = (cwd or Path.cwd()).resolve()
+    parts = cwd.parts
+    marker = DVC_EXPS_DIR.parts
+    for i in range(len(parts) - len(marker)):
+        if parts[i : i + len(marker)] == marker:
+            return Path(*parts[:i])
+    return cwd

@@ -15,22 +15,11 @@ from typing import TypeVar
 
 from .config import MlflowParams
 from .errors import TrackingError
+from .paths import project_root
 
 T = TypeVar("T")
-DVC_EXPS_DIR = Path(".dvc") / "tmp" / "exps"
 REACHABILITY_TIMEOUT_S = 5
 LOCK_RETRIES = 8
-
-
-def project_root(cwd: Path | None = None) -> Path:
-    """The repo root, also from inside a `dvc exp run --temp`/queue copy under <root>/.dvc/tmp/exps/."""
-    cwd = (cwd or Path.cwd()).resolve()
-    parts = cwd.parts
-    marker = DVC_EXPS_DIR.parts
-    for i in range(len(parts) - len(marker)):
-        if parts[i : i + len(marker)] == marker:
-            return Path(*parts[:i])
-    return cwd
 
 
 def resolve_tracking_uri(cfg: MlflowParams, cwd: Path | None = None) -> str:

@@ -17,10 +17,10 @@ import torch
 from . import atomic, checkpoint, paths
 from .config import Params
 from .data import load_arrays, split_indices
-from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, configure_backends, pick_device
-from .errors import TrainingError
+from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, configure_backends, explain_oom, pick_device
 from .models import count_parameters, model_from_params
-from .tracking import Tracker, base_tags, project_root
+from .paths import project_root
+from .tracking import Tracker, base_tags
 
 
 def to_cpu(obj):
@@ -134,7 +134,8 @@ def train(params: Params, name: str) -> dict:
     try:
         with trainer.stop_on_signals():
             for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
-                result = _train_epoch(trainer, epoch, progress["partial"], name, cfg.batch_size, device)
+                with explain_oom(f"training {name}", f"{name}.batch_size", cfg.batch_size):
+                    result = trainer.train_epoch(epoch, progress["partial"])
                 progress.update(epoch=epoch, partial=None, train_seconds=progress["train_seconds"] + result.epoch_seconds)
                 progress["history"].append(asdict(result))
                 if result.val_acc > progress["best"]["val_acc"]:
@@ -162,17 +163,6 @@ def train(params: Params, name: str) -> dict:
     tracker.end("FINISHED")
     resume_file.unlink(missing_ok=True)
     return summary
-
-
-def _train_epoch(trainer: Trainer, epoch: int, partial: dict | None, name: str, batch_size: int,
-                 device: torch.device) -> EpochResult:
-    try:
-        return trainer.train_epoch(epoch, partial)
-    except torch.OutOfMemoryError:
-        raise TrainingError(
-            f"{name} ran out of {device.type} memory at {name}.batch_size = {batch_size}. "
-            f"Set {name}.batch_size to {max(batch_size // 2, 1)} (or lower runtime.eval_batch_size) in params.yaml."
-        ) from None
 
 
 def _summary_line(stage: str, r: EpochResult) -> str:

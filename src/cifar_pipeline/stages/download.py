@@ -8,6 +8,7 @@ from pathlib import Path
 from .. import cli, paths
 from ..config import load_params
 from ..data import Cifar10, fetch_archive, first_n, read_archive, save_arrays
+from ..paths import project_root
 
 
 def main() -> None:
@@ -16,7 +17,8 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_params(args.params).data
 
-    archive = fetch_archive(Path(cfg.archive), cfg.url, cfg.md5)
+    # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
+    archive = fetch_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
     full = read_archive(archive)
     data = Cifar10(*first_n(full.train_x, full.train_y, cfg.train_limit),
                    *first_n(full.test_x, full.test_y, cfg.test_limit), full.classes)
