@@ -42,3 +42,10 @@ fi
 if [ "${PROFILE:-0}" = 1 ]; then
   for m in resnet18 resnet34; do python3 benchmarks/profile_step.py $m 2>&1 | tee -a "$OUT/profile.txt"; done
 fi
+if [ -n "${SEEDS:-}" ]; then  # noise check: ResNet-34 test accuracy for other seeds
+  for seed in $SEEDS; do
+    python3 -c "import yaml; p=yaml.safe_load(open('params.yaml')); p['seed']=$seed; yaml.safe_dump(p, open('params_seed.yaml','w'), sort_keys=False)"
+    python3 -m cifar_pipeline.stages.train resnet34 --params params_seed.yaml 2>&1 | grep -E "best|error" | tee -a "$OUT/seeds.log"
+    python3 -m cifar_pipeline.stages.evaluate resnet34 --params params_seed.yaml 2>&1 | sed "s/^/seed $seed: /" | tee -a "$OUT/seeds.log"
+  done
+fi
