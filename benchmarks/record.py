@@ -1,0 +1,61 @@
+"""Add one measured GPU run to benchmarks/results.json, keeping every earlier run.
+
+The newest run's fields sit at the top level (gpu, date, commit, models); earlier runs move,
+unchanged, into `history`, newest first.
+
+Usage: python benchmarks/record.py --throughput T.json --reports DIR --stage-seconds S.txt
+           --commit SHA --date YYYY-MM-DD --command "..." [--results benchmarks/results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cifar_pipeline import atomic
+from cifar_pipeline.config import MODELS
+
+
+def run_entry(args: argparse.Namespace) -> dict:
+    throughput = json.loads(args.throughput.read_text())
+    stage_seconds = dict(line.split() for line in args.stage_seconds.read_text().splitlines() if line.strip())
+    models = {}
+    for name in MODELS:
+        bench = throughput["models"][name]
+        train = json.loads((args.reports / "train" / f"{name}.json").read_text())
+        test = json.loads((args.reports / "eval" / name / "metrics.json").read_text())
+        models[name] = {
+            "train_seconds": round(train["train_seconds"], 2),
+            "test_accuracy": round(test["accuracy"], 4),
+            "img_per_s": round(bench["img_per_s"]),
+            "dataloader_img_per_s": round(bench["dataloader_img_per_s"]),
+            "floor_img_per_s": round(bench["floor_img_per_s"]),
+        }
+    return {"gpu": throughput["gpu"], "date": args.date, "commit": args.commit, "command": args.command,
+            "total_train_seconds": round(sum(m["train_seconds"] for m in models.values()), 2),
+            "stage_wall_seconds": {k: float(v) for k, v in stage_seconds.items()}, "models": models}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--throughput", type=Path, required=True)
+    parser.add_argument("--reports", type=Path, required=True)
+    parser.add_argument("--stage-seconds", type=Path, required=True)
+    parser.add_argument("--commit", required=True)
+    parser.add_argument("--date", required=True)
+    parser.add_argument("--command", required=True)
+    parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
+    args = parser.parse_args()
+
+    previous = json.loads(args.results.read_text()) if args.results.exists() else None
+    entry = run_entry(args)
+    history = []
+    if previous:
+        history = [{k: v for k, v in previous.items() if k != "history"}, *previous.get("history", [])]
+    atomic.write_json(args.results, {**entry, "history": history})
+    print(json.dumps(entry, indent=2))
+
+
+if __name__ == "__main__":
+    main()
