@@ -1,0 +1,34 @@
+# Each target creates .venv and installs requirements.txt first if needed (about 4 minutes once).
+VENV ?= .venv
+BIN := $(VENV)/bin
+export DVC_NO_ANALYTICS := 1
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: repro test test-fast demo ui clean-venv
+
+$(BIN)/.installed: requirements.txt pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements.txt
+	touch $@
+
+repro: $(BIN)/.installed  ## the whole pipeline: download, train x3, evaluate x3, compare
+	dvc repro
+
+test: $(BIN)/.installed  ## the whole suite, end-to-end runs included
+	$(BIN)/python -m pytest -q
+
+test-fast: $(BIN)/.installed  ## everything but the slow end-to-end runs
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC experiment
+	dvc exp run -n cpu-demo \
+	  -S data.train_limit=2500 -S data.test_limit=1000 -S data.val_size=500 \
+	  -S cnn.epochs=2 -S resnet34.epochs=1 -S resnet18.epochs=1 -S resnet18.image_size=64 \
+	  $(DEMO_ARGS)
+
+ui: $(BIN)/.installed  ## browse the runs at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
+
+clean-venv:
+	rm -rf $(VENV)
