@@ -41,7 +41,7 @@ def main() -> None:
         trainer.model.to(memory_format=torch.contiguous_format)
     start = time.perf_counter()
     trainer.model.net = torch.compile(trainer.model.net)
-    first = trainer.train_epoch(1)
+    trainer.train_epoch(1)
     first_s = time.perf_counter() - start
     second = trainer.train_epoch(2)
     print(json.dumps({"model": args.model, "weights_channels_last": args.weights_channels_last,

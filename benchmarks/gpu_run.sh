@@ -1,26 +1,9 @@
 #!/usr/bin/env bash
-# The measured GPU run: throughput benchmark, then the full default pipeline timed per stage.
-# Runs on the lent GPU machine from a copy of the checkout (see docs/benchmarks.md):
-#   .gpu/ holds cifar10-jpeg.tar.xz and build_archive.py, .whl/ the wheels for dvc and mlflow.
-# Only two params differ from params.yaml: data.md5 (the JPEG copy's md5) and resnet18.weights: none
-# (no ImageNet weights can be downloaded there). Logs and results go to $OUT.
-set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-export DVC_NO_ANALYTICS=1 PYTHONUNBUFFERED=1 MLFLOW_DISABLE_TELEMETRY=true
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH
+# The measured GPU run: the full default pipeline timed per stage, then the throughput benchmark.
+# Optional: PROFILE=1 (top kernels per step), SEEDS="1 2" (ResNet-34 accuracy for other seeds).
+source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
-
-python3 .gpu/build_archive.py --src .gpu/cifar10-jpeg.tar.xz --out data/cifar-10-python.tar.gz || exit 1
-python3 - <<'PY'
-import yaml
-p = yaml.safe_load(open("params.yaml"))
-p["data"]["md5"] = "dfada9eb8f08b61978f1a90638d287cf"
-p["resnet18"]["weights"] = "none"
-p["runtime"]["progress"] = False
-yaml.safe_dump(p, open("params.yaml", "w"), sort_keys=False)
-PY
 [ -d .git ] || { git init -q && git add -A && git -c user.email=gpu@run -c user.name=gpu commit -qm "gpu run"; }
 
 stages="download train_cnn train_resnet34 finetune_resnet18 evaluate@cnn evaluate@resnet34 evaluate@resnet18 compare"

@@ -25,7 +25,7 @@ from torchvision import transforms
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_params
 from cifar_pipeline.data import load_arrays, split_indices
-from cifar_pipeline.engine import DeviceData, Settings, Trainer, configure_backends, make_optimizer, pick_device
+from cifar_pipeline.engine import DeviceData, Settings, Trainer, configure_backends, pick_device
 from cifar_pipeline.models import model_from_params
 
 FLOOR_STEPS = 300

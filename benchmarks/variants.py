@@ -54,7 +54,7 @@ def main() -> None:
         start = time.perf_counter()
         if compiled:
             trainer.model.net = torch.compile(trainer.model.net)
-        first = trainer.train_epoch(1)
+        trainer.train_epoch(1)
         first_s = time.perf_counter() - start
         second = trainer.train_epoch(2)
         row = {"model": args.model, "cudnn_benchmark": args.cudnn_benchmark, "bf16": bf16,

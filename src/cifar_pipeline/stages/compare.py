@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from .. import cli, paths
-from ..config import load_params
 from ..tracking import Tracker, base_tags
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=paths.PARAMS)
-    args = parser.parse_args()
-    params = load_params(args.params)
+    params = cli.parse_args(__doc__, per_model=False)[0]
 
     from ..comparison import build_table, write
 

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
 from .. import cli, paths
-from ..config import load_params
 from ..data import Cifar10, fetch_archive, first_n, read_archive, save_arrays
 from ..paths import project_root
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--params", type=Path, default=paths.PARAMS)
-    args = parser.parse_args()
-    cfg = load_params(args.params).data
+    cfg = cli.parse_args(__doc__, per_model=False)[0].data
 
     # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
     archive = fetch_archive(project_root() / cfg.archive, cfg.url, cfg.md5)

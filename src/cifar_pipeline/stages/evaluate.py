@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-
-from .. import cli, paths
-from ..config import MODELS, load_params
+from .. import cli
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--params", type=Path, default=paths.PARAMS)
-    args = parser.parse_args()
-    params = load_params(args.params)
+    params, model = cli.parse_args(__doc__, per_model=True)
 
     from ..evaluation import evaluate
 
-    result = evaluate(params, args.model)
-    print(f"evaluate {args.model}: test accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}")
+    result = evaluate(params, model)
+    print(f"evaluate {model}: test accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":
