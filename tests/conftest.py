@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from torchvision.models import resnet18
 
 from synthetic import make_archive
 
@@ -26,7 +28,7 @@ def tiny_params(md5: str) -> dict:
     params["runtime"].update(device="cpu", progress=False)
     params["cnn"].update(epochs=2, batch_size=32)
     params["resnet34"].update(epochs=1, batch_size=32)
-    params["resnet18"].update(epochs=1, batch_size=32, image_size=32, weights="none")
+    params["resnet18"].update(epochs=1, batch_size=32, image_size=32)
     return params
 
 
@@ -71,11 +73,20 @@ def project(tmp_path: Path, archive: Path, archive_md5: str) -> Path:
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     (repo / "data").mkdir()
     shutil.copy(archive, repo / "data" / "cifar-10-python.tar.gz")
-    write_params(repo, tiny_params(archive_md5))
+    params = tiny_params(archive_md5)
+    params["resnet18"]["weights_path"] = str(random_resnet18_weights(tmp_path / "resnet18-random.pth"))
+    write_params(repo, params)
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "init"], repo)
     return repo
+
+
+def random_resnet18_weights(path: Path) -> Path:
+    """A stand-in for the ImageNet file: torchvision's resnet18 keys and shapes, random values."""
+    torch.manual_seed(0)
+    torch.save(resnet18(weights=None).state_dict(), path)
+    return path
 
 
 def write_params(repo: Path, params: dict) -> None:

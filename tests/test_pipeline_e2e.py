@@ -6,6 +6,7 @@ import csv
 
 import mlflow
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from conftest import read_params, run, write_params
@@ -56,6 +57,10 @@ def test_dvc_repro_end_to_end_then_only_the_edited_branch_reruns(project):
                                              filter_string=f"source_run_id = '{r.info.run_id}'", output_format="list")
         assert [m.name for m in models] == ["best_model"], name
     assert runs["cnn"][0].data.metrics["test_accuracy"] > 0.5  # chance is 0.1
+    weights_file = runs["resnet18"][0].data.params["resnet18.weights_path"]
+    trained = torch.load(project / "models" / "resnet18" / "best.pt", weights_only=True)["state_dict"]
+    frozen = torch.load(weights_file, weights_only=True)["layer1.0.conv1.weight"]
+    assert torch.equal(trained["net.layer1.0.conv1.weight"], frozen)  # loaded from the file, kept frozen
     assert len(runs["comparison"]) == 1
 
     with open(project / "reports" / "comparison.csv") as fh:

@@ -10,6 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+UMASK = os.umask(0)  # read once at import: changing it later would race with writer threads
+os.umask(UMASK)
+
+
 @contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it replaces the target, else it is removed."""
@@ -22,16 +26,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
-
-
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
 
 
 def write_with(target: str | Path, writer: Callable[[Path], object]) -> Path:

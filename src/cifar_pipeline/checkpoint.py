@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import random
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +41,20 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def exclusive(resume_file: Path) -> Iterator[None]:
+    """One process at a time per checkpoint (two queued experiments may share params); the OS
+    releases the lock if the holder dies."""
+    resume_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(resume_file.with_suffix(".lock"), "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting: another process is training with the same params ({resume_file.name})", flush=True)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def resume_path(state_dir: Path, stage: str, key: str) -> Path:

@@ -278,7 +278,9 @@ class Trainer:
         self.step = TrainStep(self.model, self.optimizer, self.settings, self.cfg.batch_size)
 
     def validate(self) -> tuple[float, float]:
-        return loss_and_accuracy(predict(self.model, self.data.val_x, self.settings), self.data.val_y)
+        with explain_oom(f"validating {self.name}", "runtime.eval_batch_size", self.settings.eval_batch_size):
+            logits = predict(self.model, self.data.val_x, self.settings)
+        return loss_and_accuracy(logits, self.data.val_y)
 
     def train_epoch(self, epoch: int, resume: dict | None = None) -> EpochResult:
         """One epoch; `resume` (from Interrupted.partial) continues an interrupted one."""
@@ -299,6 +301,8 @@ class Trainer:
             self.step.loss_sum.fill_(resume["loss_sum"])
             self.step.correct.fill_(resume["correct"])
         batch = self.cfg.batch_size
+        if n % batch == 1:  # BatchNorm can't train on one image: drop it (it is in a random place each epoch)
+            n -= 1
         steps = -(-n // batch)
         with self._progress(steps, done, epoch) as advance:
             for index in range(done, steps):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from . import atomic, metrics, paths
@@ -38,26 +39,27 @@ def evaluate(params: Params, name: str) -> dict:
     model = load_trained(name, params).to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
+    tracker.reopen(run["run_id"])
+    with tracker.finishing():
+        result, cm = _test_metrics(model, data, settings, name)
+        out = paths.eval_dir(name)
+        atomic.write_json(out / "metrics.json", result)
+        metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
+        metrics.write_confusion_png(cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}",
+                                    out / "confusion_matrix.png")
+        flat = {f"test_{k}": v for k, v in result.items() if k != "per_class"}
+        flat.update({f"test_acc_{c}": m["accuracy"] for c, m in result["per_class"].items()})
+        tracker.log_metrics(flat)
+        for file in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png"):
+            tracker.log_artifact(out / file, "evaluation")
+    return result
 
-    images = to_unit_float(torch.from_numpy(data.test_x).to(device).permute(0, 3, 1, 2))
-    labels = torch.from_numpy(data.test_y).long().to(device)
+
+def _test_metrics(model: torch.nn.Module, data, settings: Settings, name: str) -> tuple[dict, np.ndarray]:
+    images = to_unit_float(torch.from_numpy(data.test_x).to(settings.device).permute(0, 3, 1, 2))
+    labels = torch.from_numpy(data.test_y).long().to(settings.device)
     with explain_oom(f"evaluating {name}", "runtime.eval_batch_size", settings.eval_batch_size):
         logits = predict(model, images, settings)
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     cm = metrics.confusion_matrix(data.test_y, logits.argmax(1).cpu().numpy(), len(data.classes))
-    result = {"loss": loss, **metrics.summarize(cm, data.classes)}
-
-    out = paths.eval_dir(name)
-    atomic.write_json(out / "metrics.json", result)
-    metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
-    metrics.write_confusion_png(cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}",
-                                out / "confusion_matrix.png")
-
-    tracker.reopen(run["run_id"])
-    flat = {f"test_{k}": v for k, v in result.items() if k != "per_class"}
-    flat.update({f"test_acc_{c}": m["accuracy"] for c, m in result["per_class"].items()})
-    tracker.log_metrics(flat)
-    for file in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png"):
-        tracker.log_artifact(out / file, "evaluation")
-    tracker.end("FINISHED")
-    return result
+    return {"loss": loss, **metrics.summarize(cm, data.classes)}, cm

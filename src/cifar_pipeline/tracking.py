@@ -146,7 +146,16 @@ class Tracker:
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
     def reopen(self, run_id: str) -> None:
-        run = retry_locked(lambda: self.client.get_run(run_id))
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = retry_locked(lambda: self.client.get_run(run_id))
+        except MlflowException as exc:
+            raise TrackingError(
+                f"MLflow run {run_id} is not in the store {self.uri} ({exc.message}). Point "
+                "mlflow.tracking_uri (or $MLFLOW_TRACKING_URI) at the store it was logged to, "
+                "or retrain with `dvc repro -f <training stage>`."
+            ) from None
         self.run_id = run.info.run_id
         if run.info.status != "RUNNING":
             retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
@@ -185,6 +194,16 @@ class Tracker:
                                               pip_requirements=requirements, validate_serving_input=False)
 
         retry_locked(log)
+
+    @contextmanager
+    def finishing(self) -> Iterator[None]:
+        """End the run FINISHED after the block, or FAILED if it raises."""
+        try:
+            yield
+        except BaseException:
+            self.end("FAILED")
+            raise
+        self.end()
 
     def end(self, status: str = "FINISHED") -> None:
         retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))

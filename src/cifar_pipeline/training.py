@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import io
 import random
+import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -16,7 +18,7 @@ import torch
 
 from . import atomic, checkpoint, paths
 from .config import Params
-from .data import load_arrays, split_indices
+from .data import load_arrays, md5sum, split_indices
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, configure_backends, explain_oom, pick_device
 from .models import count_parameters, model_from_params
 from .paths import project_root
@@ -79,90 +81,138 @@ def write_history(rows: list[dict], path: Path) -> None:
     atomic.write_text(path, buf.getvalue())
 
 
+def resume_key(params: Params, name: str, device: torch.device) -> str:
+    """Covers the params, the prepared data and the device: a checkpoint made under any other is ignored."""
+    return f"{params.stage_key(name)}-{md5sum(paths.DATA)[:8]}-{device.type}"
+
+
 def train(params: Params, name: str) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
-    stage = paths.STAGES[name]
-    cfg = params.model(name)
     device = pick_device(params.runtime.device)
     configure_backends(params.runtime, device)
-    settings = Settings.resolve(params.runtime, device)
     tracker = Tracker(params.mlflow)
-
     data = load_arrays(paths.DATA)
-    train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
-    key = params.stage_key(name)
-    resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, stage, key)
-    state = checkpoint.load_resume(resume_file, key)
+    key = resume_key(params, name, device)
+    resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
+    with checkpoint.exclusive(resume_file):
+        return StageRun(params, name, device, tracker, data, resume_file, key).run()
 
-    seed_everything(params.seed)
-    model = model_from_params(params, name, pretrained=state is None)
-    device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                        data.train_x[val_idx], data.train_y[val_idx], device)
-    generator = torch.Generator(device=device).manual_seed(params.seed)
-    trainer = Trainer(name, model, cfg, settings, device_data, generator)
-    trainable, total = count_parameters(model)
 
-    if state is None:
-        progress = {"epoch": 0, "partial": None, "history": [], "best": {"val_acc": -1.0, "epoch": 0},
-                    "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
-        progress["run_id"] = tracker.start(name, {**base_tags(stage), "model": name}, params.stage_params(name))
-        tracker.log_metrics({"params_trainable": trainable, "params_total": total})
-        logged: set[int] = set()
-    else:
-        trainer.load_state(state["trainer"])
-        checkpoint.set_rng_state(state["rng"])
-        progress = {k: state[k] for k in PROGRESS_KEYS}
-        tracker.reopen(progress["run_id"])
-        logged = tracker.logged_steps("val_acc")
-        within = f" (+{progress['partial']['steps']} steps)" if progress["partial"] else ""
-        print(f"{stage}: resuming MLflow run {progress['run_id']} after epoch {progress['epoch']}{within}",
-              flush=True)
+class StageRun:
+    """One execution of a training stage, from start or resume to its outputs."""
 
-    def save_and_log(snapshot: dict, rows: list[dict]) -> None:
-        checkpoint.save(snapshot, resume_file)
-        for row in rows:
-            if row["epoch"] not in logged:
-                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-                logged.add(row["epoch"])
+    def __init__(self, params: Params, name: str, device: torch.device, tracker: Tracker, data, resume_file: Path,
+                 key: str):
+        self.params, self.name, self.stage = params, name, paths.STAGES[name]
+        self.cfg = params.model(name)
+        self.device, self.tracker, self.resume_file, self.key = device, tracker, resume_file, key
+        self.settings = Settings.resolve(params.runtime, device)
+        if self.cfg.optimizer.name == "sgd":  # torch's SGD reads its lr on the host: no graph capture
+            self.settings.cuda_graphs = False
+        train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
+        self.data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
+                                          data.train_x[val_idx], data.train_y[val_idx], device)
+        self.writer = BackgroundWriter()
+        self.logged: set[int] = set()
 
-    def snapshot() -> dict:
-        return {"format": checkpoint.RESUME_FORMAT, "key": key, "trainer": to_cpu(trainer.state()),
-                "rng": checkpoint.rng_state(), **progress, "history": list(progress["history"])}
+    def _build(self, pretrained: bool) -> Trainer:
+        seed_everything(self.params.seed)
+        model = model_from_params(self.params, self.name, pretrained=pretrained)
+        generator = torch.Generator(device=self.device).manual_seed(self.params.seed)
+        return Trainer(self.name, model, self.cfg, self.settings, self.data, generator)
 
-    writer = BackgroundWriter()
-    writer.submit(lambda s=snapshot(), rows=list(progress["history"]): save_and_log(s, rows))
-    try:
-        with trainer.stop_on_signals():
-            for epoch in range(progress["epoch"] + 1, cfg.epochs + 1):
-                with explain_oom(f"training {name}", f"{name}.batch_size", cfg.batch_size):
-                    result = trainer.train_epoch(epoch, progress["partial"])
-                progress.update(epoch=epoch, partial=None, train_seconds=progress["train_seconds"] + result.epoch_seconds)
-                progress["history"].append(asdict(result))
-                if result.val_acc > progress["best"]["val_acc"]:
-                    progress["best"] = {"val_acc": result.val_acc, "epoch": epoch}
-                    progress["best_model"] = to_cpu(model.state_dict())
-                writer.submit(lambda s=snapshot(), r=[asdict(result)]: save_and_log(s, r))
-                print(_summary_line(stage, result), flush=True)
-                if trainer.stop_signal is not None and epoch < cfg.epochs:
-                    raise Interrupted(trainer.stop_signal, None)
-        writer.wait()
-    except Interrupted as stop:
-        writer.wait()
-        progress["partial"] = stop.partial
-        checkpoint.save(snapshot(), resume_file)
-        tracker.end("KILLED")
-        where = f"epoch {stop.partial['epoch']}, step {stop.partial['steps']}" if stop.partial else f"epoch {progress['epoch']}"
-        print(f"{stage}: {stop}; checkpoint at {where} saved to {resume_file}; run `dvc repro` to resume", flush=True)
-        raise SystemExit(128 + stop.signum) from None
-    except BaseException:
-        writer.wait()
-        tracker.end("FAILED")
-        raise
+    def _resume(self, state: dict) -> bool:
+        try:
+            self.trainer = self._build(pretrained=False)
+            self.trainer.load_state(state["trainer"])
+            checkpoint.set_rng_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. the model's code changed
+            warnings.warn(f"resume checkpoint {self.resume_file} does not fit this code ({exc}); starting fresh",
+                          stacklevel=2)
+            return False
+        self.progress = {k: state[k] for k in PROGRESS_KEYS}
+        self.tracker.reopen(self.progress["run_id"])
+        self.logged = self.tracker.logged_steps("val_acc")
+        for row in self.progress["history"]:  # epochs checkpointed just before a kill, not yet logged
+            self._log_epoch(row)
+        within = f" (+{self.progress['partial']['steps']} steps)" if self.progress["partial"] else ""
+        print(f"{self.stage}: resuming MLflow run {self.progress['run_id']} after epoch "
+              f"{self.progress['epoch']}{within}", flush=True)
+        return True
 
-    summary = _write_outputs(params, name, trainer, progress, tracker, (trainable, total))
-    tracker.end("FINISHED")
-    resume_file.unlink(missing_ok=True)
-    return summary
+    def _start(self) -> None:
+        self.trainer = self._build(pretrained=True)
+        model = self.trainer.model
+        self.progress = {"epoch": 0, "partial": None, "history": [], "best": {"val_acc": -1.0, "epoch": 0},
+                         "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
+        tags = {**base_tags(self.stage), "model": self.name}
+        self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
+        self.tracker.log_metrics(dict(zip(("params_trainable", "params_total"), count_parameters(model))))
+        checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
+
+    def snapshot(self) -> dict:
+        return {"format": checkpoint.RESUME_FORMAT, "key": self.key, "trainer": to_cpu(self.trainer.state()),
+                "rng": checkpoint.rng_state(), **self.progress, "history": list(self.progress["history"])}
+
+    def _save_and_log(self, snapshot: dict, row: dict) -> None:
+        checkpoint.save(snapshot, self.resume_file)
+        self._log_epoch(row)
+
+    def _log_epoch(self, row: dict) -> None:
+        if row["epoch"] not in self.logged:
+            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            self.logged.add(row["epoch"])
+
+    def run(self) -> dict:
+        state = checkpoint.load_resume(self.resume_file, self.key)
+        if state is None or not self._resume(state):
+            self._start()
+        progress = self.progress
+        try:
+            with self.trainer.stop_on_signals():
+                for epoch in range(progress["epoch"] + 1, self.cfg.epochs + 1):
+                    self._epoch(epoch)
+                    if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
+                        raise Interrupted(self.trainer.stop_signal, None)
+                self.writer.wait()
+                summary = _write_outputs(self.params, self.name, self.trainer, progress, self.tracker)
+        except Interrupted as stop:
+            self._settle_writer()
+            progress["partial"] = stop.partial
+            checkpoint.save(self.snapshot(), self.resume_file)
+            self.tracker.end("KILLED")
+            where = (f"epoch {stop.partial['epoch']}, step {stop.partial['steps']}" if stop.partial
+                     else f"epoch {progress['epoch']}")
+            print(f"{self.stage}: {stop}; checkpoint at {where} saved to {self.resume_file}; "
+                  "run `dvc repro` to resume", flush=True)
+            raise SystemExit(128 + stop.signum) from None
+        except BaseException:
+            self._settle_writer()
+            self.tracker.end("FAILED")
+            raise
+        self.tracker.end("FINISHED")
+        self.resume_file.unlink(missing_ok=True)
+        return summary
+
+    def _epoch(self, epoch: int) -> None:
+        progress = self.progress
+        with explain_oom(f"training {self.name}", f"{self.name}.batch_size", self.cfg.batch_size):
+            result = self.trainer.train_epoch(epoch, progress["partial"])
+        progress.update(epoch=epoch, partial=None, train_seconds=progress["train_seconds"] + result.epoch_seconds)
+        progress["history"].append(asdict(result))
+        if result.val_acc > progress["best"]["val_acc"]:
+            progress["best"] = {"val_acc": result.val_acc, "epoch": epoch}
+            progress["best_model"] = to_cpu(self.trainer.model.state_dict())
+        snapshot = self.snapshot()
+        self.writer.submit(lambda: self._save_and_log(snapshot, asdict(result)))
+        print(_summary_line(self.stage, result), flush=True)
+
+    def _settle_writer(self) -> None:
+        """Wait for the background write; its own failure is reported, not allowed to hide the first."""
+        try:
+            self.writer.wait()
+        except Exception as exc:
+            print(f"{self.stage}: background checkpoint/log write failed too: {exc}", file=sys.stderr)
 
 
 def _summary_line(stage: str, r: EpochResult) -> str:
@@ -171,8 +221,7 @@ def _summary_line(stage: str, r: EpochResult) -> str:
             f"{r.epoch_seconds:.1f}s {r.images_per_second:,.0f} img/s")
 
 
-def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, tracker: Tracker,
-                   counts: tuple[int, int]) -> dict:
+def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, tracker: Tracker) -> dict:
     cfg_dump = params.model(name).model_dump()
     out_dir = paths.model_dir(name)
     best_file, last_file = out_dir / "best.pt", out_dir / "last.pt"
@@ -187,8 +236,7 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
         "epochs": len(history),
         "train_seconds": progress["train_seconds"],
         "images_per_second": float(np.median([h["images_per_second"] for h in history])) if history else 0.0,
-        "params_trainable": counts[0],
-        "params_total": counts[1],
+        **dict(zip(("params_trainable", "params_total"), count_parameters(trainer.model))),
     }
     atomic.write_json(paths.train_summary(name), summary)
     atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,

@@ -16,10 +16,10 @@ def main() -> None:
     tracker = Tracker(params.mlflow)
     tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])}}
     tracker.start("comparison", tags, {})
-    tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
-    for path in files:
-        tracker.log_artifact(path)
-    tracker.end("FINISHED")
+    with tracker.finishing():
+        tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
+        for path in files:
+            tracker.log_artifact(path)
     print(paths.REPORTS.joinpath("comparison.md").read_text())
 
 
