@@ -8,6 +8,7 @@ bf16 autocast and channels_last; loss and accuracy sums stay on the device and a
 from __future__ import annotations
 
 import copy
+import dataclasses
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -99,20 +100,16 @@ class Settings:
 def make_optimizer(model: nn.Module, cfg: ModelParams, settings: Settings) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = cfg.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
     lr: float | torch.Tensor = opt.lr
-    extra: dict = {}
+    extra = {"fused": True} if settings.device.type == "cuda" else {}
     if settings.cuda_graphs:
         # A tensor lr lets the scheduler change it without re-capturing the graph.
         lr = torch.tensor(opt.lr, device=settings.device)
-        extra = {"capturable": True} if opt.name == "sgd" else {"capturable": True, "fused": True}
-    elif settings.device.type == "cuda" and opt.name != "sgd":
-        extra = {"fused": True}
-    if opt.name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=opt.weight_decay, **extra)
-    if opt.name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=opt.weight_decay, **extra)
-    extra.pop("capturable", None)
-    return torch.optim.SGD(params, lr=lr, momentum=opt.momentum, weight_decay=opt.weight_decay, **extra)
+        extra["capturable"] = True
+    adam = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
+    return adam(params, lr=lr, weight_decay=opt.weight_decay, **extra)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelParams) -> torch.optim.lr_scheduler.LRScheduler:
@@ -233,9 +230,6 @@ class EpochResult:
     epoch_seconds: float
     images_per_second: float
 
-    def metrics(self) -> dict[str, float]:
-        return {k: v for k, v in self.__dict__.items() if k != "epoch"}
-
 
 @dataclass
 class DeviceData:
@@ -270,6 +264,8 @@ class Trainer:
     stop_signal: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        if self.cfg.optimizer.name == "sgd":  # torch's SGD reads its lr on the host: no graph capture
+            self.settings = dataclasses.replace(self.settings, cuda_graphs=False)
         self.model.to(self.settings.device)
         if self.settings.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -81,6 +81,10 @@ def write_history(rows: list[dict], path: Path) -> None:
     atomic.write_text(path, buf.getvalue())
 
 
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    return dict(zip(("params_trainable", "params_total"), count_parameters(model)))
+
+
 def resume_key(params: Params, name: str, device: torch.device) -> str:
     """Covers the params, the prepared data and the device: a checkpoint made under any other is ignored."""
     return f"{params.stage_key(name)}-{md5sum(paths.DATA)[:8]}-{device.type}"
@@ -107,8 +111,6 @@ class StageRun:
         self.cfg = params.model(name)
         self.device, self.tracker, self.resume_file, self.key = device, tracker, resume_file, key
         self.settings = Settings.resolve(params.runtime, device)
-        if self.cfg.optimizer.name == "sgd":  # torch's SGD reads its lr on the host: no graph capture
-            self.settings.cuda_graphs = False
         train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
         self.data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
                                           data.train_x[val_idx], data.train_y[val_idx], device)
@@ -147,7 +149,7 @@ class StageRun:
                          "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
         tags = {**base_tags(self.stage), "model": self.name}
         self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
-        self.tracker.log_metrics(dict(zip(("params_trainable", "params_total"), count_parameters(model))))
+        self.tracker.log_metrics(parameter_counts(model))
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
 
     def snapshot(self) -> dict:
@@ -236,7 +238,7 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
         "epochs": len(history),
         "train_seconds": progress["train_seconds"],
         "images_per_second": float(np.median([h["images_per_second"] for h in history])) if history else 0.0,
-        **dict(zip(("params_trainable", "params_total"), count_parameters(trainer.model))),
+        **parameter_counts(trainer.model),
     }
     atomic.write_json(paths.train_summary(name), summary)
     atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
