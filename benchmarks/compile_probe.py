@@ -16,7 +16,7 @@ import torch
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
 from cifar_pipeline.data import load_arrays, split_indices
-from cifar_pipeline.engine import DeviceData, Settings, Trainer, configure_backends, pick_device
+from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
 
 
@@ -26,13 +26,12 @@ def main() -> None:
     parser.add_argument("--weights-channels-last", type=int, choices=(0, 1), required=True)
     args = parser.parse_args()
     params = load_params(paths.PARAMS)
-    device = pick_device("cuda")
-    configure_backends(params.runtime, device)
+    settings = Settings.resolve(params.runtime)
+    device = settings.device
     data = load_arrays(paths.DATA)
     train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
     device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
                                         data.train_x[val_idx], data.train_y[val_idx], device)
-    settings = Settings.resolve(params.runtime, device)
     settings.progress = False
     torch.manual_seed(params.seed)
     trainer = Trainer(args.model, model_from_params(params, args.model, pretrained=False), params.model(args.model),

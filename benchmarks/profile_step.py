@@ -12,7 +12,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
-from cifar_pipeline.engine import Settings, TrainStep, make_optimizer, pick_device
+from cifar_pipeline.engine import Settings, TrainStep, make_optimizer
 from cifar_pipeline.models import model_from_params
 
 
@@ -22,8 +22,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
     params = load_params(paths.PARAMS)
-    device = pick_device("cuda")
-    settings = Settings.resolve(params.runtime, device)
+    settings = Settings.resolve(params.runtime)
+    device = settings.device
     settings.cuda_graphs = False
     cfg = params.model(args.model)
     model = model_from_params(params, args.model, pretrained=False).to(device)

@@ -25,7 +25,7 @@ from torchvision import transforms
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_params
 from cifar_pipeline.data import load_arrays, split_indices
-from cifar_pipeline.engine import DeviceData, Settings, Trainer, configure_backends, pick_device
+from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
 
 FLOOR_STEPS = 300
@@ -125,9 +125,8 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    device = pick_device(params.runtime.device)
-    configure_backends(params.runtime, device)
-    settings = Settings.resolve(params.runtime, device)
+    settings = Settings.resolve(params.runtime)
+    device = settings.device
     settings.progress = False
     data = load_arrays(args.data)
     train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)

@@ -83,7 +83,10 @@ class Settings:
     progress: bool
 
     @classmethod
-    def resolve(cls, runtime: RuntimeParams, device: torch.device) -> Settings:
+    def resolve(cls, runtime: RuntimeParams) -> Settings:
+        """Pick the device, set the torch backends for it, and apply the CUDA-only switches."""
+        device = pick_device(runtime.device)
+        configure_backends(runtime, device)
         cuda = device.type == "cuda"
         return cls(device, runtime.bf16 and cuda, runtime.channels_last and cuda, runtime.cuda_graphs and cuda,
                    runtime.eval_batch_size, runtime.progress)

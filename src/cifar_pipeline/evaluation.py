@@ -11,7 +11,7 @@ from . import atomic, metrics, paths
 from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays
-from .engine import Settings, configure_backends, explain_oom, pick_device, predict
+from .engine import Settings, explain_oom, predict
 from .errors import DataError
 from .models import build_model
 from .tracking import Tracker
@@ -31,12 +31,10 @@ def evaluate(params: Params, name: str) -> dict:
     if not paths.run_info(name).is_file():
         raise DataError(f"{paths.run_info(name)} not found: run `dvc repro {paths.STAGES[name]}` first")
     run = json.loads(paths.run_info(name).read_text())
-    device = pick_device(params.runtime.device)
-    configure_backends(params.runtime, device)
-    settings = Settings.resolve(params.runtime, device)
+    settings = Settings.resolve(params.runtime)
     tracker = Tracker(params.mlflow)
     data = load_arrays(paths.DATA)
-    model = load_trained(name, params).to(device)
+    model = load_trained(name, params).to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     tracker.reopen(run["run_id"])

@@ -126,9 +126,8 @@ class Tracker:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
             return found.experiment_id
-        location = None
-        if sqlite_path(self.uri) is not None:
-            location = (sqlite_path(self.uri).parent / "mlartifacts").as_uri()
+        db = sqlite_path(self.uri)
+        location = (db.parent / "mlartifacts").as_uri() if db is not None else None
         return self.client.create_experiment(name, artifact_location=location)
 
     def start(self, run_name: str, tags: dict[str, str], params: Mapping) -> str:
@@ -169,12 +168,6 @@ class Tracker:
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         retry_locked(lambda: self.client.log_batch(self.run_id, metrics=items, synchronous=True))
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        retry_locked(lambda: self.client.log_batch(self.run_id, tags=items, synchronous=True))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))

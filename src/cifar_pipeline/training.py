@@ -19,7 +19,7 @@ import torch
 from . import atomic, checkpoint, paths
 from .config import Params
 from .data import load_arrays, md5sum, split_indices
-from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, configure_backends, explain_oom, pick_device
+from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, explain_oom
 from .models import count_parameters, model_from_params
 from .paths import project_root
 from .tracking import Tracker, base_tags
@@ -92,35 +92,33 @@ def resume_key(params: Params, name: str, device: torch.device) -> str:
 
 def train(params: Params, name: str) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
-    device = pick_device(params.runtime.device)
-    configure_backends(params.runtime, device)
+    settings = Settings.resolve(params.runtime)
     tracker = Tracker(params.mlflow)
     data = load_arrays(paths.DATA)
-    key = resume_key(params, name, device)
+    key = resume_key(params, name, settings.device)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
-        return StageRun(params, name, device, tracker, data, resume_file, key).run()
+        return StageRun(params, name, settings, tracker, data, resume_file, key).run()
 
 
 class StageRun:
     """One execution of a training stage, from start or resume to its outputs."""
 
-    def __init__(self, params: Params, name: str, device: torch.device, tracker: Tracker, data, resume_file: Path,
+    def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data, resume_file: Path,
                  key: str):
         self.params, self.name, self.stage = params, name, paths.STAGES[name]
         self.cfg = params.model(name)
-        self.device, self.tracker, self.resume_file, self.key = device, tracker, resume_file, key
-        self.settings = Settings.resolve(params.runtime, device)
+        self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
         train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
         self.data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                          data.train_x[val_idx], data.train_y[val_idx], device)
+                                          data.train_x[val_idx], data.train_y[val_idx], settings.device)
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
     def _build(self, pretrained: bool) -> Trainer:
         seed_everything(self.params.seed)
         model = model_from_params(self.params, self.name, pretrained=pretrained)
-        generator = torch.Generator(device=self.device).manual_seed(self.params.seed)
+        generator = torch.Generator(device=self.settings.device).manual_seed(self.params.seed)
         return Trainer(self.name, model, self.cfg, self.settings, self.data, generator)
 
     def _resume(self, state: dict) -> bool:
