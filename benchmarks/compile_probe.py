@@ -1,14 +1,16 @@
-"""Does torch.compile pay for a model's training step? Times the first epoch (compile included) and a
-steady epoch, with the model's weights in channels_last or not (inputs stay channels_last).
-Run twice to see the effect of inductor's on-disk cache.
+"""Does torch.compile pay for a model's training? Trains one model with the engine for its default
+epochs (no DVC, no MLflow) with runtime.compile on or off, and prints one JSON line: the first full
+step (warm-up, compile, graph capture), the first and the median later epoch, and the total.
+Run it twice with compile on to see the effect of the on-disk cache in state/torch_compile.
 
-Usage: python benchmarks/compile_probe.py MODEL --weights-channels-last {0,1}
+Usage: python benchmarks/compile_probe.py MODEL --compile {0,1} [--epochs N]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -18,34 +20,40 @@ from cifar_pipeline.config import MODELS, load_params
 from cifar_pipeline.data import load_arrays, split_indices
 from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
+from cifar_pipeline.training import use_project_compile_cache
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--weights-channels-last", type=int, choices=(0, 1), required=True)
+    parser.add_argument("--compile", type=int, choices=(0, 1), required=True)
+    parser.add_argument("--epochs", type=int, help="default: the model's epochs in params.yaml")
     args = parser.parse_args()
+    start = time.perf_counter()
     params = load_params(paths.PARAMS)
+    params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"compile": bool(args.compile)})})
     settings = Settings.resolve(params.runtime)
-    device = settings.device
+    settings.progress = False
+    use_project_compile_cache()
     data = load_arrays(paths.DATA)
     train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
     device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                        data.train_x[val_idx], data.train_y[val_idx], device)
-    settings.progress = False
+                                        data.train_x[val_idx], data.train_y[val_idx], settings.device)
     torch.manual_seed(params.seed)
-    trainer = Trainer(args.model, model_from_params(params, args.model, pretrained=False), params.model(args.model),
-                      settings, device_data, torch.Generator(device=device).manual_seed(params.seed))
-    if not args.weights_channels_last:
-        trainer.model.to(memory_format=torch.contiguous_format)
-    start = time.perf_counter()
-    trainer.model.net = torch.compile(trainer.model.net)
-    trainer.train_epoch(1)
-    first_s = time.perf_counter() - start
-    second = trainer.train_epoch(2)
-    print(json.dumps({"model": args.model, "weights_channels_last": args.weights_channels_last,
-                      "first_epoch_s": round(first_s, 2), "epoch_s": round(second.epoch_seconds, 3),
-                      "img_per_s": round(second.images_per_second), "val_acc_after_2": round(second.val_acc, 4)}))
+    cfg = params.model(args.model)
+    trainer = Trainer(args.model, model_from_params(params, args.model, pretrained=False), cfg, settings,
+                      device_data, torch.Generator(device=settings.device).manual_seed(params.seed))
+    setup_s = time.perf_counter() - start
+    epochs = [trainer.train_epoch(e) for e in range(1, (args.epochs or cfg.epochs) + 1)]
+    print(json.dumps({
+        "model": args.model, "compile": args.compile, "setup_s": round(setup_s, 2),
+        "first_step_s": round(trainer.step.first_step_seconds, 2),
+        "first_epoch_s": round(epochs[0].epoch_seconds, 2),
+        "later_epoch_s": round(statistics.median(e.epoch_seconds for e in epochs[1:]), 3) if len(epochs) > 1 else None,
+        "train_s": round(sum(e.epoch_seconds for e in epochs), 2), "epochs": len(epochs),
+        "best_val_acc": round(max(e.val_acc for e in epochs), 4),
+        "img_per_s": round(statistics.median(e.images_per_second for e in epochs[1:] or epochs)),
+    }), flush=True)
 
 
 if __name__ == "__main__":

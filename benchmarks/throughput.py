@@ -51,7 +51,7 @@ def floor_img_per_s(trainer: Trainer, batch_size: int) -> float:
     y = trainer.data.val_y[:batch_size].clone()
     step = trainer.step
     step(x, y)  # captures the graph if enabled
-    replay = step.graph.replay if step.graph is not None else (lambda: step._step(x, y))
+    replay = step.graph.replay if step.graph is not None else (lambda: step.full_step(x, y))
     for _ in range(10):
         replay()
     sync(trainer.settings.device)

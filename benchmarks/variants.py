@@ -46,7 +46,7 @@ def main() -> None:
     if args.compile:
         variants.append((True, True, True))
     for bf16, channels_last, compiled in variants:
-        settings = Settings(device, bf16, channels_last, True, params.runtime.eval_batch_size, False)
+        settings = Settings(device, bf16, channels_last, True, False, params.runtime.eval_batch_size, False)
         torch.manual_seed(params.seed)
         model = model_from_params(params, args.model, pretrained=False)
         gen = torch.Generator(device=device).manual_seed(params.seed)

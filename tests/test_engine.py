@@ -19,7 +19,7 @@ def tiny_trainer(name: str, n_train: int, **model_updates) -> Trainer:
     labels = torch.randint(0, 10, (n_train + 8,)).numpy()
     data = DeviceData.from_numpy(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
                                  torch.device("cpu"))
-    settings = Settings(torch.device("cpu"), False, False, False, 64, False)
+    settings = Settings(torch.device("cpu"), False, False, False, False, 64, False)
     torch.manual_seed(0)
     return Trainer(name, model_from_params(params, name, pretrained=False), cfg, settings, data,
                    torch.Generator().manual_seed(0))

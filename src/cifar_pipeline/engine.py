@@ -79,6 +79,7 @@ class Settings:
     bf16: bool
     channels_last: bool
     cuda_graphs: bool
+    compile: bool
     eval_batch_size: int
     progress: bool
 
@@ -89,7 +90,7 @@ class Settings:
         configure_backends(runtime, device)
         cuda = device.type == "cuda"
         return cls(device, runtime.bf16 and cuda, runtime.channels_last and cuda, runtime.cuda_graphs and cuda,
-                   runtime.eval_batch_size, runtime.progress)
+                   runtime.compile and cuda, runtime.eval_batch_size, runtime.progress)
 
     def autocast(self):
         if not self.bf16:
@@ -131,8 +132,9 @@ def current_lr(optimizer: torch.optim.Optimizer) -> float:
 class TrainStep:
     """One optimizer step on a batch; sums of loss and correct predictions accumulate on the device.
 
-    With cuda_graphs the step for the full batch size is captured once and replayed; other batch
-    sizes (the epoch's last, partial batch) run eagerly on the same tensors.
+    Steps at the full batch size run the forward pass through torch.compile (when on) and replay a
+    CUDA graph of the whole step (when on). Other batch sizes (the epoch's last, partial batch) run
+    eagerly on the same tensors, so exactly one graph is compiled and captured.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: Settings, batch_size: int):
@@ -141,33 +143,51 @@ class TrainStep:
         self.correct = torch.zeros((), dtype=torch.long, device=settings.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.batch_size = batch_size
+        self.full_forward = torch.compile(self._forward, dynamic=False) if settings.compile else self._forward
+        self.first_step_seconds: float | None = None  # warm-up, compile and capture of the first full step
 
     def reset(self) -> None:
         self.loss_sum.zero_()
         self.correct.zero_()
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=False)
+    def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.settings.autocast():
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
+        return logits, loss
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, forward: Callable) -> None:
+        self.optimizer.zero_grad(set_to_none=False)
+        logits, loss = forward(x, y)
         loss.backward()
         self.optimizer.step()
         self.loss_sum.add_(loss.detach().float() * y.shape[0])
         self.correct.add_((logits.argmax(1) == y).sum())
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        if not self.settings.cuda_graphs or x.shape[0] != self.batch_size:
-            self._step(x, y)
-            return
+    def full_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         if self.graph is None:
-            self._capture(x, y)
+            self._step(x, y, self.full_forward)
+            return
         self.static_x.copy_(x)
         self.static_y.copy_(y)
         self.graph.replay()
 
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        if x.shape[0] != self.batch_size:
+            self._step(x, y, self._forward)
+        elif self.first_step_seconds is None:
+            start = time.perf_counter()
+            if self.settings.cuda_graphs:
+                self._capture(x, y)
+            self.full_step(x, y)
+            if self.settings.device.type == "cuda":
+                torch.cuda.synchronize()
+            self.first_step_seconds = time.perf_counter() - start
+        else:
+            self.full_step(x, y)
+
     def _capture(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Warm up on a side stream, undo the warm-up's updates, then capture the step."""
+        """Warm up (and compile) on a side stream, undo the warm-up's updates, then capture the step."""
         model_state = copy.deepcopy(self.model.state_dict())
         optim_state = copy.deepcopy(self.optimizer.state_dict())["state"]
         sums = (self.loss_sum.clone(), self.correct.clone())
@@ -177,16 +197,17 @@ class TrainStep:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(GRAPH_WARMUP_STEPS):
-                self._step(self.static_x, self.static_y)
+                self._step(self.static_x, self.static_y, self.full_forward)
         torch.cuda.current_stream().wait_stream(stream)
         self.model.load_state_dict(model_state)
         restore_optimizer_state(self.optimizer, optim_state)
         self.loss_sum.copy_(sums[0])
         self.correct.copy_(sums[1])
         torch.cuda.set_rng_state(rng)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self._step(self.static_x, self.static_y)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self._step(self.static_x, self.static_y, self.full_forward)
+        self.graph = graph
 
 
 def restore_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
@@ -270,7 +291,9 @@ class Trainer:
         if self.cfg.optimizer.name == "sgd":  # torch's SGD reads its lr on the host: no graph capture
             self.settings = dataclasses.replace(self.settings, cuda_graphs=False)
         self.model.to(self.settings.device)
-        if self.settings.channels_last:
+        if self.settings.channels_last and not self.settings.compile:
+            # Under compile inductor picks the weights' layout (channels_last weights made it fail an
+            # assertion in convolution_backward for ResNet-34).
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, self.cfg, self.settings)
         self.scheduler = make_scheduler(self.optimizer, self.cfg)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import random
 import sys
 import threading
@@ -90,9 +91,17 @@ def resume_key(params: Params, name: str, device: torch.device) -> str:
     return f"{params.stage_key(name)}-{md5sum(paths.DATA)[:8]}-{device.type}"
 
 
+def use_project_compile_cache() -> None:
+    """Keep torch.compile's cache at the project root (unless TORCHINDUCTOR_CACHE_DIR is set), so reruns,
+    `dvc exp run --temp` copies and queued experiments reuse compiled kernels."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(project_root() / paths.COMPILE_CACHE_DIR))
+
+
 def train(params: Params, name: str) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
     settings = Settings.resolve(params.runtime)
+    if settings.compile:
+        use_project_compile_cache()
     tracker = Tracker(params.mlflow)
     data = load_arrays(paths.DATA)
     key = resume_key(params, name, settings.device)
@@ -235,6 +244,7 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
         "best_epoch": progress["best"]["epoch"],
         "epochs": len(history),
         "train_seconds": progress["train_seconds"],
+        "first_step_seconds": trainer.step.first_step_seconds or 0.0,
         "images_per_second": float(np.median([h["images_per_second"] for h in history])) if history else 0.0,
         **parameter_counts(trainer.model),
     }
@@ -244,7 +254,7 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
-    tracker.log_metrics({"best_val_acc": summary["best_val_acc"], "train_seconds": summary["train_seconds"]})
+    tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")})
 
     model = trainer.model.to("cpu", memory_format=torch.contiguous_format)
     model.load_state_dict(progress["best_model"])
