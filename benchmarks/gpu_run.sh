@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # The measured GPU run: the full default pipeline timed per stage, then the throughput benchmark.
-# Optional: PROFILE=1 (top kernels per step), SEEDS="1 2" (ResNet-34 accuracy for other seeds).
+# Optional: WARM_COMPILE=1 (fill torch.compile's cache first, as any earlier run would have),
+# PROFILE=1 (top kernels per step), SEEDS="1 2" (ResNet-34 accuracy for other seeds).
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.txt"
 [ -d .git ] || { git init -q && git add -A && git -c user.email=gpu@run -c user.name=gpu commit -qm "gpu run"; }
+
+echo "TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-unset (state/torch_compile)}" | tee -a "$OUT/gpu.txt"
+if [ "${WARM_COMPILE:-0}" = 1 ]; then
+  python3 -m cifar_pipeline.stages.download
+  for m in cnn resnet34 resnet18; do
+    python3 benchmarks/compile_probe.py $m --compile 1 --epochs 1 2>&1 | grep -E '^\{|Error' | tee -a "$OUT/warm_compile.jsonl"
+  done
+  du -sh state/torch_compile 2>&1 | tee -a "$OUT/warm_compile.jsonl"
+fi
 
 stages="download train_cnn train_resnet34 finetune_resnet18 evaluate@cnn evaluate@resnet34 evaluate@resnet18 compare"
 : > "$OUT/stage_seconds.txt"

@@ -27,6 +27,7 @@ def run_entry(args: argparse.Namespace) -> dict:
         test = json.loads((args.reports / "eval" / name / "metrics.json").read_text())
         models[name] = {
             "train_seconds": round(train["train_seconds"], 2),
+            "first_step_seconds": round(train.get("first_step_seconds", 0.0), 2),
             "test_accuracy": round(test["accuracy"], 4),
             "img_per_s": round(bench["img_per_s"]),
             "dataloader_img_per_s": round(bench["dataloader_img_per_s"]),
