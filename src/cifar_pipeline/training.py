@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from . import atomic, checkpoint, paths
 from .config import Params
@@ -92,9 +93,12 @@ def resume_key(params: Params, name: str, device: torch.device) -> str:
 
 
 def use_project_compile_cache() -> None:
-    """Keep torch.compile's cache at the project root (unless TORCHINDUCTOR_CACHE_DIR is set), so reruns,
-    `dvc exp run --temp` copies and queued experiments reuse compiled kernels."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(project_root() / paths.COMPILE_CACHE_DIR))
+    """Keep torch.compile's cache at the project root, so reruns, `dvc exp run --temp` copies and queued
+    experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins; torch itself
+    fills that variable with its /tmp default on import, which is replaced."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(project_root() / paths.COMPILE_CACHE_DIR)
 
 
 def train(params: Params, name: str) -> dict:
