@@ -24,7 +24,7 @@ def main() -> None:
     params = load_params(paths.PARAMS)
     settings = Settings.resolve(params.runtime)
     device = settings.device
-    settings.cuda_graphs = False
+    settings.cuda_graphs = settings.compile = False
     cfg = params.model(args.model)
     model = model_from_params(params, args.model, pretrained=False).to(device)
     model.to(memory_format=torch.channels_last)

@@ -27,6 +27,7 @@ from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_para
 from cifar_pipeline.data import load_arrays, split_indices
 from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
+from cifar_pipeline.training import use_project_compile_cache
 
 FLOOR_STEPS = 300
 DATALOADER_WARMUP, DATALOADER_STEPS = 20, 150
@@ -128,6 +129,8 @@ def main() -> None:
     settings = Settings.resolve(params.runtime)
     device = settings.device
     settings.progress = False
+    if settings.compile:
+        use_project_compile_cache()
     data = load_arrays(args.data)
     train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
     device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],

@@ -89,8 +89,10 @@ class Settings:
         device = pick_device(runtime.device)
         configure_backends(runtime, device)
         cuda = device.type == "cuda"
+        # Compiled kernels are chosen by timing when first compiled, so they can differ between caches.
+        compile = runtime.compile and cuda and not runtime.deterministic
         return cls(device, runtime.bf16 and cuda, runtime.channels_last and cuda, runtime.cuda_graphs and cuda,
-                   runtime.compile and cuda, runtime.eval_batch_size, runtime.progress)
+                   compile, runtime.eval_batch_size, runtime.progress)
 
     def autocast(self):
         if not self.bf16:
