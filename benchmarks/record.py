@@ -4,7 +4,9 @@ The newest run's fields sit at the top level (gpu, date, commit, models); earlie
 unchanged, into `history`, newest first.
 
 Usage: python benchmarks/record.py --throughput T.json --reports DIR --stage-seconds S.txt
-           --commit SHA --date YYYY-MM-DD --command "..." [--results benchmarks/results.json]
+           --commit SHA --date YYYY-MM-DD --command "..." [--throughput-commit SHA]
+           [--results benchmarks/results.json]
+--throughput-commit names the commit that T.json was measured at, when that is an earlier run's.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def run_entry(args: argparse.Namespace) -> dict:
             "floor_img_per_s": round(bench["floor_img_per_s"]),
         }
     return {"gpu": throughput["gpu"], "date": args.date, "commit": args.commit, "command": args.command,
+            "throughput_commit": args.throughput_commit or args.commit,
             "total_train_seconds": round(sum(m["train_seconds"] for m in models.values()), 2),
             "stage_wall_seconds": {k: float(v) for k, v in stage_seconds.items()}, "models": models}
 
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--commit", required=True)
     parser.add_argument("--date", required=True)
     parser.add_argument("--command", required=True)
+    parser.add_argument("--throughput-commit")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
 
