@@ -1,8 +1,9 @@
 """Choose the runtime defaults by measurement: for one model, time the first epoch (graph capture and
-cuDNN autotuning included) and the steady-state step for each mix of bf16 autocast, channels_last
-and torch.compile, with cudnn.benchmark on or off (one process each, since cuDNN caches its choices).
+cuDNN autotuning included) and the steady-state step for each mix of bf16 autocast and channels_last,
+with cudnn.benchmark on or off (one process each, since cuDNN caches its choices). Compile off;
+benchmarks/compile_probe.py measures compile.
 
-Usage: python benchmarks/variants.py MODEL --cudnn-benchmark {0,1} [--compile] [--out FILE]
+Usage: python benchmarks/variants.py MODEL --cudnn-benchmark {0,1} [--out FILE]
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", choices=MODELS)
     parser.add_argument("--cudnn-benchmark", type=int, choices=(0, 1), required=True)
-    parser.add_argument("--compile", action="store_true", help="also try torch.compile (default mode)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -42,23 +42,18 @@ def main() -> None:
                                         data.train_x[val_idx], data.train_y[val_idx], device)
     cfg = params.model(args.model)
     rows = []
-    variants = [(bf16, cl, False) for bf16, cl in product((True, False), (True, False))]
-    if args.compile:
-        variants.append((True, True, True))
-    for bf16, channels_last, compiled in variants:
+    for bf16, channels_last in product((True, False), (True, False)):
         settings = Settings(device, bf16, channels_last, True, False, params.runtime.eval_batch_size, False)
         torch.manual_seed(params.seed)
         model = model_from_params(params, args.model, pretrained=False)
         gen = torch.Generator(device=device).manual_seed(params.seed)
         trainer = Trainer(args.model, model, cfg, settings, device_data, gen)
         start = time.perf_counter()
-        if compiled:
-            trainer.model.net = torch.compile(trainer.model.net)
         trainer.train_epoch(1)
         first_s = time.perf_counter() - start
         second = trainer.train_epoch(2)
         row = {"model": args.model, "cudnn_benchmark": args.cudnn_benchmark, "bf16": bf16,
-               "channels_last": channels_last, "compile": compiled, "first_epoch_s": round(first_s, 2),
+               "channels_last": channels_last, "first_epoch_s": round(first_s, 2),
                "epoch_s": round(second.epoch_seconds, 3), "img_per_s": round(second.images_per_second),
                "floor_img_per_s": round(floor_img_per_s(trainer, cfg.batch_size)),
                "val_acc_after_2": round(second.val_acc, 4)}
