@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 from . import atomic, checkpoint, paths
 from .config import Params
@@ -96,6 +95,8 @@ def use_project_compile_cache() -> None:
     """Keep torch.compile's cache at the project root, so reruns, `dvc exp run --temp` copies and queued
     experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins; torch itself
     fills that variable with its /tmp default on import, which is replaced."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # 1.2 s import: only when compiling
+
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(project_root() / paths.COMPILE_CACHE_DIR)
