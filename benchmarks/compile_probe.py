@@ -34,7 +34,8 @@ def main() -> None:
     params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"compile": bool(args.compile)})})
     settings = Settings.resolve(params.runtime)
     settings.progress = False
-    use_project_compile_cache()
+    if settings.compile:
+        use_project_compile_cache()
     data = load_arrays(paths.DATA)
     train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
     device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
@@ -47,7 +48,7 @@ def main() -> None:
     epochs = [trainer.train_epoch(e) for e in range(1, (args.epochs or cfg.epochs) + 1)]
     print(json.dumps({
         "model": args.model, "compile": args.compile, "setup_s": round(setup_s, 2),
-        "first_step_s": round(trainer.step.first_step_seconds, 2),
+        "first_step_s": trainer.step.first_step_seconds and round(trainer.step.first_step_seconds, 2),
         "first_epoch_s": round(epochs[0].epoch_seconds, 2),
         "later_epoch_s": round(statistics.median(e.epoch_seconds for e in epochs[1:]), 3) if len(epochs) > 1 else None,
         "train_s": round(sum(e.epoch_seconds for e in epochs), 2), "epochs": len(epochs),

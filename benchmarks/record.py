@@ -19,6 +19,10 @@ from cifar_pipeline import atomic
 from cifar_pipeline.config import MODELS
 
 
+def round_or_none(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
+
+
 def run_entry(args: argparse.Namespace) -> dict:
     throughput = json.loads(args.throughput.read_text())
     stage_seconds = dict(line.split() for line in args.stage_seconds.read_text().splitlines() if line.strip())
@@ -29,7 +33,7 @@ def run_entry(args: argparse.Namespace) -> dict:
         test = json.loads((args.reports / "eval" / name / "metrics.json").read_text())
         models[name] = {
             "train_seconds": round(train["train_seconds"], 2),
-            "first_step_seconds": round(train.get("first_step_seconds", 0.0), 2),
+            "first_step_seconds": round_or_none(train.get("first_step_seconds")),
             "test_accuracy": round(test["accuracy"], 4),
             "img_per_s": round(bench["img_per_s"]),
             "dataloader_img_per_s": round(bench["dataloader_img_per_s"]),

@@ -25,17 +25,12 @@ from torchvision import transforms
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_params
 from cifar_pipeline.data import load_arrays, split_indices
-from cifar_pipeline.engine import DeviceData, Settings, Trainer
+from cifar_pipeline.engine import DeviceData, Settings, Trainer, synchronize
 from cifar_pipeline.models import model_from_params
 from cifar_pipeline.training import use_project_compile_cache
 
 FLOOR_STEPS = 300
 DATALOADER_WARMUP, DATALOADER_STEPS = 20, 150
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def project_img_per_s(trainer: Trainer) -> dict:
@@ -55,11 +50,11 @@ def floor_img_per_s(trainer: Trainer, batch_size: int) -> float:
     replay = step.graph.replay if step.graph is not None else (lambda: step.full_step(x, y))
     for _ in range(10):
         replay()
-    sync(trainer.settings.device)
+    synchronize(trainer.settings.device)
     start = time.perf_counter()
     for _ in range(FLOOR_STEPS):
         replay()
-    sync(trainer.settings.device)
+    synchronize(trainer.settings.device)
     return FLOOR_STEPS * batch_size / (time.perf_counter() - start)
 
 
@@ -103,7 +98,7 @@ def dataloader_img_per_s(model: torch.nn.Module, cfg: ModelParams, images: np.nd
     seen, start = 0, time.perf_counter()
     for i, (x, y) in enumerate(batches()):
         if i == DATALOADER_WARMUP:
-            sync(device)
+            synchronize(device)
             start, seen = time.perf_counter(), 0
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         opt.zero_grad()
@@ -112,7 +107,7 @@ def dataloader_img_per_s(model: torch.nn.Module, cfg: ModelParams, images: np.nd
         seen += y.shape[0]
         if i == DATALOADER_WARMUP + DATALOADER_STEPS:
             break
-    sync(device)
+    synchronize(device)
     return seen / (time.perf_counter() - start)
 
 

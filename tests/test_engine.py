@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from cifar_pipeline.config import load_params
+from cifar_pipeline.config import RuntimeParams, load_params
 from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
 from conftest import ROOT
@@ -45,6 +45,12 @@ def test_every_optimizer_choice_trains(optimizer):
     trainer.train_epoch(1)
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
     assert type(trainer.optimizer).__name__.lower() == optimizer
+
+
+def test_cuda_only_switches_stay_off_on_the_cpu():
+    settings = Settings.resolve(RuntimeParams(device="cpu"))  # bf16, channels_last, graphs, compile: all on
+    assert settings.device.type == "cpu"
+    assert not (settings.bf16 or settings.channels_last or settings.cuda_graphs or settings.compile)
 
 
 @pytest.mark.slow

@@ -2,7 +2,8 @@
 
 The whole dataset lives on the device as uint8; each epoch is augmented there in one batched pass.
 On CUDA the step (forward, backward, optimizer) is captured once as a CUDA graph and replayed, with
-bf16 autocast and channels_last; loss and accuracy sums stay on the device and are read once per epoch.
+its forward compiled by torch.compile, bf16 autocast and channels_last inputs; loss and accuracy sums
+stay on the device and are read once per epoch.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ def pick_device(choice: str) -> torch.device:
     if not available[choice]:
         raise TrainingError(f"runtime.device = {choice} but no {choice} device is available; use auto or cpu")
     return torch.device(choice)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (for timing)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def configure_backends(runtime: RuntimeParams, device: torch.device) -> None:
@@ -182,8 +191,7 @@ class TrainStep:
             if self.settings.cuda_graphs:
                 self._capture(x, y)
             self.full_step(x, y)
-            if self.settings.device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(self.settings.device)
             self.first_step_seconds = time.perf_counter() - start
         else:
             self.full_step(x, y)

@@ -93,9 +93,9 @@ def resume_key(params: Params, name: str, device: torch.device) -> str:
 
 def use_project_compile_cache() -> None:
     """Keep torch.compile's cache at the project root, so reruns, `dvc exp run --temp` copies and queued
-    experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins; torch itself
-    fills that variable with its /tmp default on import, which is replaced."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # 1.2 s import: only when compiling
+    experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins, unless it is
+    torch's own /tmp default, which torch itself puts into that variable on import."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
@@ -249,7 +249,7 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
         "best_epoch": progress["best"]["epoch"],
         "epochs": len(history),
         "train_seconds": progress["train_seconds"],
-        "first_step_seconds": trainer.step.first_step_seconds or 0.0,
+        "first_step_seconds": trainer.step.first_step_seconds,  # this process's; None if it ran no full step
         "images_per_second": float(np.median([h["images_per_second"] for h in history])) if history else 0.0,
         **parameter_counts(trainer.model),
     }
@@ -259,7 +259,8 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
-    tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")})
+    tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
+                         if summary[k] is not None})
 
     model = trainer.model.to("cpu", memory_format=torch.contiguous_format)
     model.load_state_dict(progress["best_model"])
