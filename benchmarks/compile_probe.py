@@ -17,7 +17,7 @@ import torch
 
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
-from cifar_pipeline.data import load_arrays, split_indices
+from cifar_pipeline.data import load_arrays
 from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
 from cifar_pipeline.training import use_project_compile_cache
@@ -36,10 +36,7 @@ def main() -> None:
     settings.progress = False
     if settings.compile:
         use_project_compile_cache()
-    data = load_arrays(paths.DATA)
-    train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
-    device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                        data.train_x[val_idx], data.train_y[val_idx], settings.device)
+    device_data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
     torch.manual_seed(params.seed)
     cfg = params.model(args.model)
     trainer = Trainer(args.model, model_from_params(params, args.model, pretrained=False), cfg, settings,

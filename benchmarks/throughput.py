@@ -127,9 +127,8 @@ def main() -> None:
     if settings.compile:
         use_project_compile_cache()
     data = load_arrays(args.data)
-    train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
-    device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                        data.train_x[val_idx], data.train_y[val_idx], device)
+    device_data = DeviceData.split(data, params.data.val_size, params.seed, device)
+    train_idx, _ = split_indices(len(data.train_y), params.data.val_size, params.seed)  # for the DataLoader
     results = {}
     for name in args.models:
         cfg = params.model(name)

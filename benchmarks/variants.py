@@ -18,7 +18,7 @@ import torch
 
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
-from cifar_pipeline.data import load_arrays, split_indices
+from cifar_pipeline.data import load_arrays
 from cifar_pipeline.engine import DeviceData, Settings, Trainer, pick_device
 from cifar_pipeline.models import model_from_params
 
@@ -37,9 +37,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     data = load_arrays(paths.DATA)
-    train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
-    device_data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                        data.train_x[val_idx], data.train_y[val_idx], device)
+    device_data = DeviceData.split(data, params.data.val_size, params.seed, device)
     cfg = params.model(args.model)
     rows = []
     for bf16, channels_last in product((True, False), (True, False)):

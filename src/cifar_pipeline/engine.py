@@ -22,6 +22,7 @@ from torch import nn
 
 from .augment import augment, to_unit_float
 from .config import ModelParams, RuntimeParams
+from .data import Cifar10, split_indices
 from .errors import TrainingError
 
 GRAPH_WARMUP_STEPS = 3
@@ -283,6 +284,13 @@ class DeviceData:
             return torch.from_numpy(a).long().to(device)
 
         return cls(images(train_x), labels(train_y), to_unit_float(images(val_x)), labels(val_y))
+
+    @classmethod
+    def split(cls, data: Cifar10, val_size: int, seed: int, device: torch.device) -> DeviceData:
+        """The seeded train/validation split of the training images, moved to the device."""
+        train_idx, val_idx = split_indices(len(data.train_y), val_size, seed)
+        return cls.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
+                              data.train_x[val_idx], data.train_y[val_idx], device)
 
 
 @dataclass

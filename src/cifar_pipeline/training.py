@@ -19,7 +19,7 @@ import torch
 
 from . import atomic, checkpoint, paths
 from .config import Params
-from .data import load_arrays, md5sum, split_indices
+from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, explain_oom
 from .models import count_parameters, model_from_params
 from .paths import project_root
@@ -123,9 +123,7 @@ class StageRun:
         self.params, self.name, self.stage = params, name, paths.STAGES[name]
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
-        train_idx, val_idx = split_indices(len(data.train_y), params.data.val_size, params.seed)
-        self.data = DeviceData.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                                          data.train_x[val_idx], data.train_y[val_idx], settings.device)
+        self.data = DeviceData.split(data, params.data.val_size, params.seed, settings.device)
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
