@@ -34,7 +34,7 @@ def free_port() -> int:
 @pytest.mark.parametrize("path, value, message", [
     ("cnn.optimizer.lr", -0.1, "cnn.optimizer.lr must be > 0, got -0.1"),
     ("cnn.optimizer.lrr", 0.1, "unknown key `cnn.optimizer.lrr` (did you mean `lr`?)"),
-    ("runtime.device", "tpu", "runtime.device must be one of"),
+    ("runtime.device", "tpu", "runtime.device: must be auto, cuda, cuda:N"),
     ("resnet18.weights", "IMAGENET1K_V9", "resnet18.weights must be one of"),
 ])
 def test_bad_param_stops_training_before_any_work(project, path, value, message):

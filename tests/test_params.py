@@ -74,7 +74,8 @@ BAD_PARAMS = [
     bad("cnn.epochs", "ten", "cnn.epochs: Input should be a valid integer, unable to parse string as an integer, got 'ten'"),
     bad("resnet34.batch_size", -1, "resnet34.batch_size must be > 0, got -1"),
     bad("cnn.optimizer.name", "adagrad", "cnn.optimizer.name must be one of 'adam', 'adamw' or 'sgd', got 'adagrad'"),
-    bad("runtime.device", "tpu", "runtime.device must be one of 'auto', 'cuda', 'mps' or 'cpu', got 'tpu'"),
+    bad("runtime.device", "tpu", "runtime.device: must be auto, cuda, cuda:N (one GPU by index), mps or cpu, got 'tpu'"),
+    bad("runtime.device", "cuda:x", "runtime.device: must be auto, cuda, cuda:N (one GPU by index), mps or cpu, got 'cuda:x'"),
     bad("cnn.scheduler.name", "linear", "cnn.scheduler.name must be one of 'none', 'step' or 'cosine', got 'linear'"),
     bad("resnet18.weights", "IMAGENET1K_V9", "resnet18.weights must be one of 'IMAGENET1K_V1' or 'none', got 'IMAGENET1K_V9'"),
     bad("cnn.dropout", 1.5, "cnn.dropout must be <= 1, got 1.5"),
@@ -109,7 +110,7 @@ def test_every_problem_is_reported_at_once():
     with pytest.raises(ParamsError) as error:
         parse_params(params)
     assert "cnn.epochs must be > 0, got 0" in str(error.value)
-    assert "runtime.device must be one of" in str(error.value)
+    assert "runtime.device: must be auto, cuda, cuda:N" in str(error.value)
 
 
 @pytest.mark.parametrize("path, value, changes", [

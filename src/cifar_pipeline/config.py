@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -46,7 +47,7 @@ class DataParams(Strict):
 
 
 class RuntimeParams(Strict):
-    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    device: str = "auto"
     bf16: bool = True
     channels_last: bool = True
     cuda_graphs: bool = True
@@ -55,6 +56,13 @@ class RuntimeParams(Strict):
     deterministic: bool = False
     eval_batch_size: PositiveInt = 1024
     progress: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v not in ("auto", "cuda", "mps", "cpu") and not re.fullmatch(r"cuda:\d+", v):
+            raise ValueError("must be auto, cuda, cuda:N (one GPU by index), mps or cpu")
+        return v
 
 
 class MlflowParams(Strict):

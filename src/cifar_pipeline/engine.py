@@ -24,6 +24,8 @@ from .augment import augment, to_unit_float
 from .config import ModelParams, RuntimeParams
 from .data import Cifar10, split_indices
 from .errors import TrainingError
+from .gpus import claim_free_gpu
+from .paths import GPU_LOCK_DIR, project_root
 
 GRAPH_WARMUP_STEPS = 3
 
@@ -51,16 +53,31 @@ def explain_oom(activity: str, param: str, batch_size: int) -> Iterator[None]:
 
 
 def pick_device(choice: str) -> torch.device:
+    """The device `runtime.device` names; `auto` and `cuda` take a free GPU when several are visible."""
     if choice == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return _cuda_device()
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
+    kind, _, index = choice.partition(":")
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available(), "cpu": True}
-    if not available[choice]:
-        raise TrainingError(f"runtime.device = {choice} but no {choice} device is available; use auto or cpu")
-    return torch.device(choice)
+    if not available[kind]:
+        raise TrainingError(f"runtime.device = {choice} but no {kind} device is available; use auto or cpu")
+    if kind == "cuda":
+        return _cuda_device(int(index) if index else None)
+    return torch.device(kind)
+
+
+def _cuda_device(index: int | None = None) -> torch.device:
+    count = torch.cuda.device_count()
+    if index is None:
+        index = claim_free_gpu(count, project_root() / GPU_LOCK_DIR) if count > 1 else 0
+    elif index >= count:
+        raise TrainingError(f"runtime.device = cuda:{index} but only {count} GPU(s) are visible "
+                            f"(cuda:0 to cuda:{count - 1}); pick one of those, or auto")
+    torch.cuda.set_device(index)  # graphs, streams and RNG calls without a device use this one
+    return torch.device("cuda", index)
 
 
 def synchronize(device: torch.device) -> None:

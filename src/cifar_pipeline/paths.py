@@ -8,6 +8,7 @@ MODELS = Path("models")
 REPORTS = Path("reports")
 RESUME_DIR = Path("state/resume")  # under the project root, never a DVC output
 COMPILE_CACHE_DIR = Path("state/torch_compile")  # torch.compile's on-disk cache, shared by all runs
+GPU_LOCK_DIR = Path("state/gpu_locks")  # one lock per GPU index, held by the process using it
 
 DVC_EXPS_DIR = Path(".dvc") / "tmp" / "exps"
 STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
