@@ -39,15 +39,19 @@ def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(3), x)
 
 
-def random_rotation(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
-    """Rotate each image about its centre by an angle uniform in [-degrees, degrees]; corners fill with 0."""
-    n = x.shape[0]
-    angle = torch.deg2rad((torch.rand(n, device=x.device, generator=gen) * 2 - 1) * degrees)
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate image i about its centre by degrees[i] (bilinear); corners outside the source fill with 0."""
+    angle = torch.deg2rad(degrees)
     cos, sin = torch.cos(angle), torch.sin(angle)
     zero = torch.zeros_like(angle)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_rotation(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image by an angle uniform in [-degrees, degrees]."""
+    return rotate(x, (torch.rand(x.shape[0], device=x.device, generator=gen) * 2 - 1) * degrees)
 
 
 def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
