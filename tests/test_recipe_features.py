@@ -268,3 +268,31 @@ def test_every_recipe_trains_a_short_epoch_on_the_cpu(recipe):
     result = trainer.train_epoch(1)
     assert math.isfinite(result.train_loss) and 0 <= result.val_acc <= 1
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+
+
+# --- CUDA graphs (skipped without a GPU) -------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fused_sgd_with_a_per_step_schedule_replays_in_a_cuda_graph_as_it_runs_eagerly():
+    from cifar_pipeline.engine import DeviceData, Settings, Trainer
+    from cifar_pipeline.models import model_from_params
+
+    device = torch.device("cuda")
+    section = cfg("cnn", width=0.25, batch_size=8, epochs=2, dropout=0.0, label_smoothing=0.1,
+                  optimizer={"name": "sgd", "lr": 0.05, "nesterov": True}, scheduler={"name": "onecycle"})
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8).numpy()
+    labels = torch.randint(0, 10, (40,)).numpy()
+    data = DeviceData.from_numpy(images[:32], labels[:32], images[32:], labels[32:], device)
+    runs = {}
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = model_from_params(PARAMS.model_copy(update={"cnn": section}), "cnn", pretrained=False)
+        settings = Settings(device, False, False, graphs, False, 64, False)
+        trainer = Trainer("cnn", model, section, settings, data, torch.Generator(device=device).manual_seed(0))
+        runs[graphs] = (lrs_per_step(trainer, 2), trainer)
+    assert runs[True][1].step.graph is not None and runs[False][1].step.graph is None
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)  # the same OneCycle lrs, read from the tensor
+    eager, graphed = (dict(runs[g][1].model.named_parameters()) for g in (False, True))
+    for name in eager:
+        assert torch.allclose(eager[name], graphed[name], rtol=1e-4, atol=1e-5), name
