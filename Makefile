@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test test-fast demo ui clean-venv
+.PHONY: repro test test-fast demo recipe ui clean-venv
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -26,6 +26,9 @@ demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC e
 	  -S data.train_limit=2500 -S data.test_limit=1000 -S data.val_size=500 \
 	  -S cnn.epochs=2 -S resnet34.epochs=1 -S resnet18.epochs=1 -S resnet18.image_size=64 \
 	  $(DEMO_ARGS)
+
+recipe: $(BIN)/.installed  ## one named recipe (recipes/$(R).yaml) as a DVC experiment; docs/recipes.md
+	python -m cifar_pipeline.recipes $(R) $(RECIPE_ARGS)
 
 ui: $(BIN)/.installed  ## browse the runs at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)

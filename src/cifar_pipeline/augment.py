@@ -1,8 +1,9 @@
 """Batched augmentation on whole uint8 image tensors, on whatever device they live.
 
-Matches torchvision's RandomCrop(32, padding, fill=0), RandomHorizontalFlip and
-ColorJitter(brightness, contrast) in distribution: every random draw comes from one
-generator, so a run is reproducible and its state can be checkpointed.
+Matches torchvision's RandomCrop(32, padding, fill=0), RandomHorizontalFlip,
+RandomRotation(degrees, bilinear, fill=0) and ColorJitter(brightness, contrast) in distribution, then
+applies Cutout (DeVries & Taylor 2017: a zeroed square at a uniform centre, clipped at the border).
+Every random draw comes from one generator, so a run is reproducible and its state can be checkpointed.
 """
 
 from __future__ import annotations
@@ -36,6 +37,35 @@ def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Te
 def random_hflip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     flip = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
     return torch.where(flip[:, None, None, None], x.flip(3), x)
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate image i about its centre by degrees[i] (bilinear); corners outside the source fill with 0."""
+    angle = torch.deg2rad(degrees)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    zero = torch.zeros_like(angle)
+    theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_rotation(x: torch.Tensor, degrees: float, gen: torch.Generator) -> torch.Tensor:
+    """Rotate each image by an angle uniform in [-degrees, degrees]."""
+    return rotate(x, (torch.rand(x.shape[0], device=x.device, generator=gen) * 2 - 1) * degrees)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero a size x size square per image, centred at a uniform pixel (the square may leave the image)."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n,), device=x.device, generator=gen)
+    cx = torch.randint(0, w, (n,), device=x.device, generator=gen)
+    top, left = cy - size // 2, cx - size // 2
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size)
+    square = in_rows[:, None, :, None] & in_cols[:, None, None, :]
+    return x.masked_fill(square, 0.0)
 
 
 def _factor(n: int, strength: float, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -75,7 +105,11 @@ def augment(images: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> t
             x = random_crop(x, cfg.crop_padding, gen)
         if cfg.hflip:
             x = random_hflip(x, gen)
+        if cfg.rotation:
+            x = random_rotation(x, cfg.rotation, gen)
         if cfg.brightness or cfg.contrast:
             x = color_jitter(x, cfg.brightness, cfg.contrast, gen)
+        if cfg.cutout:
+            x = cutout(x, cfg.cutout, gen)
         out[start : start + CHUNK] = x
     return out

@@ -75,12 +75,28 @@ class OptimizerParams(Strict):
     lr: Annotated[float, Field(gt=0, le=10)]
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False  # SGD only
+    # Linear scaling rule: the lr used is lr * batch_size / reference_batch_size (null: lr as given).
+    reference_batch_size: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _nesterov_needs_sgd_momentum(self) -> "OptimizerParams":
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError(f"nesterov = true needs name = sgd and momentum > 0 (got name = {self.name}, "
+                             f"momentum = {self.momentum}); set nesterov: false or use SGD with momentum")
+        return self
 
 
 class SchedulerParams(Strict):
-    name: Literal["none", "step", "cosine"] = "none"
+    """step and cosine change the lr once per epoch; onecycle and warmup_cosine once per step."""
+
+    name: Literal["none", "step", "cosine", "onecycle", "warmup_cosine"] = "none"
     step_size: PositiveInt = 10
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3  # onecycle: share of steps rising to the peak lr
+    div_factor: Annotated[float, Field(ge=1)] = 25.0  # onecycle: starts at peak lr / div_factor
+    final_div_factor: Annotated[float, Field(ge=1)] = 1e4  # onecycle: ends at start lr / final_div_factor
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0  # warmup_cosine: linear rise from 0, then cosine to 0
 
 
 class AugmentParams(Strict):
@@ -88,6 +104,8 @@ class AugmentParams(Strict):
     hflip: bool = False
     brightness: Annotated[float, Field(ge=0, lt=1)] = 0.0
     contrast: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # max degrees, uniform in [-rotation, rotation]
+    cutout: Annotated[int, Field(ge=0, le=32)] = 0  # side of the zeroed square, in pixels (0 = off)
 
 
 class NormalizeParams(Strict):
@@ -102,14 +120,31 @@ class ModelParams(Strict):
     scheduler: SchedulerParams = SchedulerParams()
     augment: AugmentParams = AugmentParams()
     normalize: NormalizeParams = NormalizeParams()
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training loss only
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self) -> "ModelParams":
+        sched = self.scheduler
+        if sched.name == "warmup_cosine" and sched.warmup_epochs >= self.epochs:
+            raise ValueError(f"scheduler.warmup_epochs = {sched.warmup_epochs} must be below "
+                             f"epochs = {self.epochs}, so that the cosine part has steps left")
+        return self
+
+    def lr_scale(self) -> float:
+        """Factor on every learning rate: batch_size / optimizer.reference_batch_size (linear scaling)."""
+        reference = self.optimizer.reference_batch_size
+        return self.batch_size / reference if reference else 1.0
 
 
 class CnnParams(ModelParams):
     dropout: Probability = 0.5
+    width: Annotated[float, Field(gt=0, le=8)] = 1.0  # multiplies every layer's channels (and the hidden units)
+    extra_convs: Annotated[int, Field(ge=0, le=4)] = 0  # more conv-BN-ReLU layers per block, at its width
 
 
 class Resnet34Params(ModelParams):
-    pass
+    arch: Literal["pipeline", "torchvision"] = "pipeline"  # this package's ResNet34 or torchvision's resnet34
+    stem: Literal["imagenet", "cifar"] = "imagenet"  # 7x7/2 conv + max-pool, or 3x3/1 conv (32x32 into layer1)
 
 
 class Resnet18Params(ModelParams):
@@ -120,6 +155,8 @@ class Resnet18Params(ModelParams):
         "layer4",
         "fc",
     ]
+    # lr of the trainable layers other than fc, before lr scaling (null: optimizer.lr)
+    backbone_lr: Annotated[float, Field(gt=0, le=10)] | None = None
 
     @field_validator("trainable")
     @classmethod
@@ -127,6 +164,13 @@ class Resnet18Params(ModelParams):
         if "fc" not in v:
             raise ValueError("must include 'fc' (the new 10-class head)")
         return v
+
+    @model_validator(mode="after")
+    def _backbone_to_train(self) -> "Resnet18Params":
+        if self.backbone_lr is not None and self.trainable == ["fc"]:
+            raise ValueError(f"backbone_lr = {self.backbone_lr} is set but trainable = ['fc'] has no backbone "
+                             "layer; add one (e.g. layer4) to trainable or set backbone_lr: null")
+        return self
 
 
 class Params(Strict):

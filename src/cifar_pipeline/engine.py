@@ -9,12 +9,13 @@ stay on the device and are read once per epoch.
 from __future__ import annotations
 
 import copy
-import dataclasses
+import math
 import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,7 @@ from .config import ModelParams, RuntimeParams
 from .data import Cifar10, split_indices
 from .errors import TrainingError
 from .gpus import claim_free_gpu
+from .models import split_head
 from .paths import GPU_LOCK_DIR, project_root
 
 GRAPH_WARMUP_STEPS = 3
@@ -130,28 +132,88 @@ class Settings:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+PER_STEP_SCHEDULERS = ("onecycle", "warmup_cosine")
+
+
+def effective_lrs(cfg: ModelParams) -> dict[str, float]:
+    """The learning rates training starts from (or peaks at, for onecycle): the params' lr times the
+    linear-scaling factor batch_size / optimizer.reference_batch_size; the fine-tune's backbone lr if set."""
+    lrs = {"effective_lr": cfg.optimizer.lr * cfg.lr_scale()}
+    backbone_lr = getattr(cfg, "backbone_lr", None)
+    if backbone_lr is not None:
+        lrs["effective_backbone_lr"] = backbone_lr * cfg.lr_scale()
+    return lrs
+
+
+def param_groups(model: nn.Module, cfg: ModelParams) -> list[dict]:
+    """One group of all trainable parameters, or (with a backbone_lr) the head first, then the backbone."""
+    lrs = effective_lrs(cfg)
+    if "effective_backbone_lr" not in lrs:
+        return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": lrs["effective_lr"]}]
+    backbone, head = split_head(model)
+    return [{"params": head, "lr": lrs["effective_lr"]}, {"params": backbone, "lr": lrs["effective_backbone_lr"]}]
+
+
 def make_optimizer(model: nn.Module, cfg: ModelParams, settings: Settings) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    """The optimizer with float lrs; graph_safe_lr makes them device tensors where the step is captured."""
+    groups = param_groups(model, cfg)
     opt = cfg.optimizer
+    cuda = settings.device.type == "cuda"
     if opt.name == "sgd":
-        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay)
-    lr: float | torch.Tensor = opt.lr
-    extra = {"fused": True} if settings.device.type == "cuda" else {}
+        # Fused SGD reads a tensor lr on the device (torch's FusedSgdKernel), so its step can be captured.
+        return torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=opt.momentum, nesterov=opt.nesterov,
+                               weight_decay=opt.weight_decay, fused=cuda or None)
+    extra = {"fused": True} if cuda else {}
     if settings.cuda_graphs:
-        # A tensor lr lets the scheduler change it without re-capturing the graph.
-        lr = torch.tensor(opt.lr, device=settings.device)
         extra["capturable"] = True
     adam = torch.optim.Adam if opt.name == "adam" else torch.optim.AdamW
-    return adam(params, lr=lr, weight_decay=opt.weight_decay, **extra)
+    return adam(groups, lr=groups[0]["lr"], weight_decay=opt.weight_decay, **extra)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelParams) -> torch.optim.lr_scheduler.LRScheduler:
+def graph_safe_lr(optimizer: torch.optim.Optimizer, settings: Settings) -> None:
+    """A captured CUDA graph bakes in every host-side number of the step, so under cuda_graphs each
+    group's lr becomes a device tensor that the captured kernels read (Adam: capturable, SGD: fused).
+    Schedulers fill it in place between replays (torch's _update_param_group_val), never re-capturing."""
+    if settings.cuda_graphs:
+        for group in optimizer.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=settings.device)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """lr factor: linear rise to 1 over warmup_steps, then a half cosine down to 0 at total_steps."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / (total_steps - warmup_steps)))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelParams,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Step and cosine step once per epoch; onecycle and warmup_cosine once per training step."""
     sched = cfg.scheduler
+    lr_scheduler = torch.optim.lr_scheduler
+    total_steps = cfg.epochs * steps_per_epoch
     if sched.name == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=sched.step_size, gamma=sched.gamma)
+        return lr_scheduler.StepLR(optimizer, step_size=sched.step_size, gamma=sched.gamma)
     if sched.name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    if sched.name == "onecycle":  # momentum stays fixed: the captured step bakes it in
+        return lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
+                                       total_steps=total_steps, pct_start=sched.pct_start,
+                                       div_factor=sched.div_factor, final_div_factor=sched.final_div_factor,
+                                       cycle_momentum=False)
+    if sched.name == "warmup_cosine":
+        warmup_steps = min(round(sched.warmup_epochs * steps_per_epoch), total_steps - 1)
+        return lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=warmup_steps,
+                                                        total_steps=total_steps))
+    return lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
+    """(images used, steps) per epoch: BatchNorm can't train on one image, so a last batch of one is
+    dropped (the dropped image is in a random place each epoch)."""
+    if n % batch_size == 1:
+        n -= 1
+    return n, -(-n // batch_size)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -166,8 +228,10 @@ class TrainStep:
     eagerly on the same tensors, so exactly one graph is compiled and captured.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: Settings, batch_size: int):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: Settings, batch_size: int,
+                 label_smoothing: float = 0.0):
         self.model, self.optimizer, self.settings = model, optimizer, settings
+        self.label_smoothing = label_smoothing
         self.loss_sum = torch.zeros((), device=settings.device)
         self.correct = torch.zeros((), dtype=torch.long, device=settings.device)
         self.graph: torch.cuda.CUDAGraph | None = None
@@ -182,7 +246,7 @@ class TrainStep:
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.settings.autocast():
             logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
         return logits, loss
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, forward: Callable) -> None:
@@ -323,16 +387,18 @@ class Trainer:
     stop_signal: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
-        if self.cfg.optimizer.name == "sgd":  # torch's SGD reads its lr on the host: no graph capture
-            self.settings = dataclasses.replace(self.settings, cuda_graphs=False)
         self.model.to(self.settings.device)
         if self.settings.channels_last and not self.settings.compile:
             # Under compile inductor picks the weights' layout (channels_last weights made it fail an
             # assertion in convolution_backward for ResNet-34).
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = make_optimizer(self.model, self.cfg, self.settings)
-        self.scheduler = make_scheduler(self.optimizer, self.cfg)
-        self.step = TrainStep(self.model, self.optimizer, self.settings, self.cfg.batch_size)
+        self.images, self.steps = steps_per_epoch(self.data.train_x.shape[0], self.cfg.batch_size)
+        self.scheduler = make_scheduler(self.optimizer, self.cfg, self.steps)
+        self.per_step = self.cfg.scheduler.name in PER_STEP_SCHEDULERS
+        graph_safe_lr(self.optimizer, self.settings)
+        self.step = TrainStep(self.model, self.optimizer, self.settings, self.cfg.batch_size,
+                              self.cfg.label_smoothing)
 
     def validate(self) -> tuple[float, float]:
         with explain_oom(f"validating {self.name}", "runtime.eval_batch_size", self.settings.eval_batch_size):
@@ -345,34 +411,33 @@ class Trainer:
         if resume is not None:
             self.generator.set_state(resume["generator"])
         generator_at_start = self.generator.get_state()
-        n = self.data.train_x.shape[0]
-        order = torch.randperm(n, device=self.settings.device, generator=self.generator)
+        order = torch.randperm(self.data.train_x.shape[0], device=self.settings.device, generator=self.generator)
         xs = self.settings.layout(augment(self.data.train_x[order], self.cfg.augment, self.generator))
         ys = self.data.train_y[order]
-        lr = current_lr(self.optimizer)
+        lr = current_lr(self.optimizer)  # the lr logged for the epoch: at its start
         self.model.train()
         self.step.reset()
         done, earlier_seconds = 0, 0.0
         if resume is not None:
-            done, earlier_seconds = resume["steps"], resume["seconds"]
+            done, earlier_seconds, lr = resume["steps"], resume["seconds"], resume["lr"]
             self.step.loss_sum.fill_(resume["loss_sum"])
             self.step.correct.fill_(resume["correct"])
-        batch = self.cfg.batch_size
-        if n % batch == 1:  # BatchNorm can't train on one image: drop it (it is in a random place each epoch)
-            n -= 1
-        steps = -(-n // batch)
+        batch, n, steps = self.cfg.batch_size, self.images, self.steps
         with self._progress(steps, done, epoch) as advance:
             for index in range(done, steps):
                 self.step(xs[index * batch : (index + 1) * batch], ys[index * batch : (index + 1) * batch])
+                if self.per_step:
+                    self.scheduler.step()
                 advance()
                 if self.stop_signal is not None and index + 1 < steps:
                     raise Interrupted(self.stop_signal, {
-                        "epoch": epoch, "steps": index + 1, "generator": generator_at_start,
+                        "epoch": epoch, "steps": index + 1, "generator": generator_at_start, "lr": lr,
                         "loss_sum": self.step.loss_sum.item(), "correct": self.step.correct.item(),
                         "seconds": earlier_seconds + time.perf_counter() - start})
             train_loss, train_acc = (torch.stack([self.step.loss_sum, self.step.correct.float()]) / n).tolist()
         train_seconds = earlier_seconds + time.perf_counter() - start
-        self.scheduler.step()
+        if not self.per_step:
+            self.scheduler.step()
         val_loss, val_acc = self.validate()
         return EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr,
                            earlier_seconds + time.perf_counter() - start, n / train_seconds)
@@ -410,8 +475,6 @@ class Trainer:
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.settings.cuda_graphs:  # the captured step reads lr from a device tensor
-            for group in self.optimizer.param_groups:
-                group["lr"] = torch.tensor(float(group["lr"]), device=self.settings.device)
+        graph_safe_lr(self.optimizer, self.settings)
         self.scheduler.load_state_dict(state["scheduler"])
         self.generator.set_state(state["generator"])

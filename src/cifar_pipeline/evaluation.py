@@ -7,7 +7,7 @@ import json
 import numpy as np
 import torch
 
-from . import atomic, metrics, paths
+from . import atomic, metrics, paths, roc
 from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays
@@ -39,25 +39,33 @@ def evaluate(params: Params, name: str) -> dict:
         model.to(memory_format=torch.channels_last)
     tracker.reopen(run["run_id"])
     with tracker.finishing():
-        result, cm = _test_metrics(model, data, settings, name)
+        result, cm, curves = _test_metrics(model, data, settings, name)
         out = paths.eval_dir(name)
         atomic.write_json(out / "metrics.json", result)
         metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
         metrics.write_confusion_png(cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}",
                                     out / "confusion_matrix.png")
+        roc.write_csv(curves, out / "roc.csv")
+        roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
         flat = {f"test_{k}": v for k, v in result.items() if k != "per_class"}
         flat.update({f"test_acc_{c}": m["accuracy"] for c, m in result["per_class"].items()})
+        flat.update({f"test_auc_{c}": c_curve["auc"] for c, c_curve in curves.items()})
         tracker.log_metrics(flat)
-        for file in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png"):
+        for file in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "roc.csv", "roc.png"):
             tracker.log_artifact(out / file, "evaluation")
     return result
 
 
-def _test_metrics(model: torch.nn.Module, data, settings: Settings, name: str) -> tuple[dict, np.ndarray]:
+def _test_metrics(model: torch.nn.Module, data, settings: Settings, name: str) -> tuple[dict, np.ndarray, dict]:
     images = to_unit_float(torch.from_numpy(data.test_x).to(settings.device).permute(0, 3, 1, 2))
     labels = torch.from_numpy(data.test_y).long().to(settings.device)
     with explain_oom(f"evaluating {name}", "runtime.eval_batch_size", settings.eval_batch_size):
         logits = predict(model, images, settings)
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     cm = metrics.confusion_matrix(data.test_y, logits.argmax(1).cpu().numpy(), len(data.classes))
-    return {"loss": loss, **metrics.summarize(cm, data.classes)}, cm
+    result = {"loss": loss, **metrics.summarize(cm, data.classes)}
+    curves = roc.one_vs_rest(data.test_y, logits.softmax(1).cpu().numpy(), data.classes)
+    result["macro_auc"] = roc.macro_auc(curves)
+    for c, curve in curves.items():
+        result["per_class"][c]["auc"] = curve["auc"]
+    return result, cm, curves

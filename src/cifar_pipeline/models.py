@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
+from torchvision.models import ResNet18_Weights, resnet18, resnet34
 
 from .errors import WeightsError
-from .config import CnnParams, ModelParams, Params, Resnet18Params
+from .config import CnnParams, ModelParams, Params, Resnet18Params, Resnet34Params
 
 NUM_CLASSES = 10
 
@@ -45,19 +45,27 @@ def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-class SeedCNN(nn.Sequential):
-    """The seed notebook's CNN, layer for layer."""
+def conv_block(cin: int, cout: int, convs: int) -> list[nn.Module]:
+    """`convs` conv-BN-ReLU layers (the first changes the width), then a 2x2 max-pool."""
+    layers = conv_bn_relu(cin, cout)
+    for _ in range(convs - 1):
+        layers += conv_bn_relu(cout, cout)
+    return [*layers, nn.MaxPool2d(2)]
 
-    def __init__(self, dropout: float = 0.5):
+
+class SeedCNN(nn.Sequential):
+    """The seed notebook's CNN, layer for layer at the defaults; `width` multiplies every layer's channels
+    and hidden units, `extra_convs` adds that many conv-BN-ReLU layers to each of the three blocks."""
+
+    def __init__(self, dropout: float = 0.5, width: float = 1.0, extra_convs: int = 0):
+        c1, c2, c3, hidden = (max(1, round(c * width)) for c in (64, 128, 256, 512))
         super().__init__(
-            *conv_bn_relu(3, 64),
-            *conv_bn_relu(64, 64), nn.MaxPool2d(2),
-            *conv_bn_relu(64, 128),
-            *conv_bn_relu(128, 128), nn.MaxPool2d(2),
-            *conv_bn_relu(128, 256), nn.MaxPool2d(2),
+            *conv_block(3, c1, 2 + extra_convs),
+            *conv_block(c1, c2, 2 + extra_convs),
+            *conv_block(c2, c3, 1 + extra_convs),
             nn.Flatten(),
-            nn.Linear(256 * 4 * 4, 512), nn.ReLU(inplace=True), nn.Dropout(dropout),
-            nn.Linear(512, NUM_CLASSES),
+            nn.Linear(c3 * 4 * 4, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(hidden, NUM_CLASSES),
         )
 
 
@@ -83,18 +91,26 @@ class ResidualUnit(nn.Module):
         return F.relu(self.main(x) + self.skip(x))
 
 
+def cifar_stem_conv() -> nn.Conv2d:
+    """3x3 stride-1 conv: at 32x32 input, layer1 sees 32x32 (the ImageNet stem gives it 8x8)."""
+    return nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
+
+
 class ResNet34(nn.Module):
     UNITS = (3, 4, 6, 3)
     WIDTHS = (64, 128, 256, 512)
 
-    def __init__(self):
+    def __init__(self, stem: str = "imagenet"):
         super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(3, stride=2, padding=1),
-        )
+        if stem == "cifar":
+            self.stem = nn.Sequential(cifar_stem_conv(), nn.BatchNorm2d(64), nn.ReLU(inplace=True))
+        else:
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+                nn.BatchNorm2d(64),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(3, stride=2, padding=1),
+            )
         stages, cin = [], 64
         for i, (units, width) in enumerate(zip(self.UNITS, self.WIDTHS)):
             stride = 1 if i == 0 else 2
@@ -106,6 +122,16 @@ class ResNet34(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.stages(self.stem(x)))
+
+
+def torchvision_resnet34(stem: str) -> nn.Module:
+    """torchvision's resnet34 with a 10-class head; the CIFAR stem swaps conv1 and drops the max-pool."""
+    net = resnet34(weights=None, num_classes=NUM_CLASSES)
+    if stem == "cifar":
+        net.conv1 = cifar_stem_conv()
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # as torchvision inits convs
+        net.maxpool = nn.Identity()
+    return net
 
 
 def imagenet_state_dict(cfg: Resnet18Params) -> dict[str, torch.Tensor] | None:
@@ -156,9 +182,10 @@ def build_model(name: str, cfg: ModelParams, *, pretrained: bool = True) -> Clas
     size = None
     if name == "cnn":
         assert isinstance(cfg, CnnParams)
-        net: nn.Module = SeedCNN(cfg.dropout)
+        net: nn.Module = SeedCNN(cfg.dropout, cfg.width, cfg.extra_convs)
     elif name == "resnet34":
-        net = ResNet34()
+        assert isinstance(cfg, Resnet34Params)
+        net = ResNet34(cfg.stem) if cfg.arch == "pipeline" else torchvision_resnet34(cfg.stem)
     elif name == "resnet18":
         assert isinstance(cfg, Resnet18Params)
         net = finetune_resnet18(cfg, imagenet_state_dict(cfg) if pretrained else None)
@@ -170,6 +197,15 @@ def build_model(name: str, cfg: ModelParams, *, pretrained: bool = True) -> Clas
 
 def model_from_params(params: Params, name: str, *, pretrained: bool = True) -> Classifier:
     return build_model(name, params.model(name), pretrained=pretrained)
+
+
+def split_head(model: nn.Module, head: str = "net.fc.") -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The trainable parameters as (backbone, head): head is the fine-tune's new classifier `fc`."""
+    backbone, head_params = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (head_params if name.startswith(head) else backbone).append(param)
+    return backbone, head_params
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

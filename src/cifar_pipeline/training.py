@@ -20,7 +20,7 @@ import torch
 from . import atomic, checkpoint, paths
 from .config import Params
 from .data import load_arrays, md5sum
-from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, explain_oom
+from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, effective_lrs, explain_oom
 from .models import count_parameters, model_from_params
 from .paths import project_root
 from .tracking import Tracker, base_tags
@@ -159,7 +159,7 @@ class StageRun:
                          "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
         tags = {**base_tags(self.stage), "model": self.name}
         self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
-        self.tracker.log_metrics(parameter_counts(model))
+        self.tracker.log_metrics({**parameter_counts(model), **effective_lrs(self.cfg)})
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
 
     def snapshot(self) -> dict:

@@ -1,0 +1,131 @@
+"""Measure named recipes: each recipe x seed is one DVC experiment, run with the command
+`python -m cifar_pipeline.recipes` runs (`dvc exp run --temp -n <recipe>-s<seed>-<stamp> ...`), so the
+workspace's params.yaml is never edited. Each run's test accuracy is that of its best-validation
+checkpoint (what `evaluate` scores); per model, the recipe with the best mean validation accuracy is
+marked `selected_on_validation`.
+
+Usage, from the project root of a git checkout (CUDA or not):
+    python benchmarks/recipes.py --recipes cnn-fast cnn-best --seeds 0 1 2 --out DIR [-S key=value ...]
+-S options go to every `dvc exp run` after the recipe's own (so they win), e.g.
+`-S data.md5=<md5 of your copy> -S resnet18.weights=none`.
+Writes DIR/runs.jsonl (a line per run as it ends) and DIR/recipes.json (per recipe: mean and sample std
+of test accuracy, mean training and wall seconds, n; and the date, GPU, torch version and commit).
+Exits 1 if any run failed (its line says how); the others are still summarised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cifar_pipeline import atomic, cli, paths
+from cifar_pipeline.recipes import Recipe, load
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def experiment_ref(name: str) -> str:
+    refs = git("for-each-ref", "--format=%(refname)", "refs/exps").splitlines()
+    found = [r for r in refs if r.rsplit("/", 1)[-1] == name]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one experiment ref named {name}, found {found}")
+    return found[0]
+
+
+def read_json_at(ref: str, path: Path) -> dict:
+    return json.loads(git("show", f"{ref}:{path.as_posix()}"))
+
+
+def run_one(recipe: Recipe, seed: int, stamp: str, extra: list[str]) -> dict:
+    named = dataclasses.replace(recipe, name=f"{recipe.name}-s{seed}-{stamp}")
+    command = named.command(["-S", f"seed={seed}", *extra])
+    print("+", " ".join(command), flush=True)
+    start = time.perf_counter()
+    code = subprocess.run(command).returncode
+    row = {"recipe": recipe.name, "model": recipe.model, "seed": seed, "experiment": named.name,
+           "wall_seconds": round(time.perf_counter() - start, 2), "command": command}
+    if code != 0:
+        return {**row, "error": f"dvc exp run exited {code}"}
+    ref = experiment_ref(named.name)
+    train = read_json_at(ref, paths.train_summary(recipe.model))
+    test = read_json_at(ref, paths.eval_dir(recipe.model) / "metrics.json")
+    return {**row, "experiment_rev": git("rev-parse", ref), "test_accuracy": test["accuracy"],
+            "test_macro_auc": test.get("macro_auc"), "best_val_acc": train["best_val_acc"],
+            "best_epoch": train["best_epoch"], "epochs": train["epochs"], "train_seconds": train["train_seconds"],
+            "first_step_seconds": train["first_step_seconds"], "images_per_second": train["images_per_second"]}
+
+
+def summarise(rows: list[dict]) -> dict:
+    done = [r for r in rows if "error" not in r]
+
+    def stats(key: str, recipe: str) -> tuple[float, float | None, int]:
+        values = [r[key] for r in done if r["recipe"] == recipe]
+        std = statistics.stdev(values) if len(values) > 1 else None
+        return statistics.fmean(values), std, len(values)
+
+    out = {}
+    for recipe in dict.fromkeys(r["recipe"] for r in done):
+        acc, acc_std, n = stats("test_accuracy", recipe)
+        out[recipe] = {"model": next(r["model"] for r in done if r["recipe"] == recipe),
+                       "test_accuracy_mean": acc, "test_accuracy_std": acc_std, "n": n,
+                       "train_seconds": stats("train_seconds", recipe)[0],
+                       "wall_seconds": stats("wall_seconds", recipe)[0],
+                       "best_val_acc_mean": stats("best_val_acc", recipe)[0],
+                       "seeds": [r["seed"] for r in done if r["recipe"] == recipe]}
+    for model in {s["model"] for s in out.values()}:
+        best = max((name for name in out if out[name]["model"] == model), key=lambda k: out[k]["best_val_acc_mean"])
+        for name, s in out.items():
+            if s["model"] == model:
+                s["selected_on_validation"] = name == best
+    return out
+
+
+def environment(argv: list[str], extra: list[str]) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "gpu": torch.cuda.get_device_name(0) if cuda else None, "machine": platform.node(),
+            "torch": torch.__version__, "commit": git("rev-parse", "HEAD"),
+            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            "command": " ".join(["python", *argv]), "extra_overrides": extra}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipes", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("-S", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args()
+
+    recipes = [load(name) for name in args.recipes]  # every recipe checked before the first run
+    extra = [a for o in args.overrides for a in ("-S", o)]
+    env = environment(sys.argv, args.overrides)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    for recipe in recipes:
+        for seed in args.seeds:
+            rows.append(run_one(recipe, seed, stamp, extra))
+            atomic.write_text(args.out / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+            atomic.write_json(args.out / "recipes.json", {"environment": env, "recipes": summarise(rows)})
+    print(json.dumps(summarise(rows), indent=1))
+    failed = [r["experiment"] for r in rows if "error" in r]
+    if failed:
+        print(f"failed runs: {', '.join(failed)} (see {args.out / 'runs.jsonl'})", file=sys.stderr)
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    cli.run(main)
