@@ -99,12 +99,13 @@ def postgres() -> Iterator[str]:
     bindir, user = postgres_bindir(), postgres_user()
     root = Path(tempfile.mkdtemp(prefix="team-postgres-"))
     if user:
-        shutil.chown(root, user)
+        shutil.chown(root, user, pwd.getpwnam(user).pw_gid)
     port = free_port()
 
     def pg(tool: str, *args: str) -> None:
-        result = subprocess.run([str(bindir / tool), *args], cwd=root, user=user, capture_output=True, text=True,
-                                timeout=READY_TIMEOUT_S)
+        as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
+        result = subprocess.run([str(bindir / tool), *args], cwd=root, capture_output=True, text=True,
+                                timeout=READY_TIMEOUT_S, **as_user)
         if result.returncode != 0:
             log = root / "postgres.log"
             raise AssertionError(f"{tool} failed: {result.stdout}{result.stderr}"
@@ -148,7 +149,7 @@ def mlflow_server(backend_uri: str, artifacts_destination: str, s3_endpoint: str
            "--artifacts-destination", artifacts_destination, "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
            "--allowed-hosts", allowed_hosts.format(port=port)]
-    env = stage_env(MLFLOW_S3_ENDPOINT_URL=s3_endpoint, **S3_CREDENTIALS)
+    env = stage_env(MLFLOW_S3_ENDPOINT_URL=s3_endpoint, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **S3_CREDENTIALS)
     log = workdir / "mlflow-server.log"
     with background(cmd, env, log) as proc:
         wait_until_ready(http_ok(url + "/health"), proc, "mlflow server", log)

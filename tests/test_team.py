@@ -95,6 +95,8 @@ def tracked(servers, tmp_path_factory, archive, archive_md5) -> TrackedProject:
     assert len(killed) == 1
 
     resumed = run(["dvc", "repro"], repo, MLFLOW_TRACKING_URI=servers.tracking_uri)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "trained against the team server"], repo)
     return TrackedProject(repo, killed[0], resumed.stdout)
 
 
@@ -160,8 +162,7 @@ def test_dvc_push_then_fresh_clone_pulls_and_reruns_nothing(servers, tracked, tm
     repo = tracked.repo
     run(["dvc", "remote", "add", "-d", "team", f"s3://{BUCKET}/dvcstore"], repo)
     run(["dvc", "remote", "modify", "team", "endpointurl", servers.s3_endpoint], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "trained; team remote"], repo)
+    run(["git", "commit", "-qam", "team remote"], repo)
     pushed = run(["dvc", "push"], repo, **S3_CREDENTIALS)
     assert "pushed" in pushed.stdout, pushed.stdout
     assert bucket_keys(servers, "dvcstore/files/md5/"), "dvc push stored nothing in the bucket"
@@ -175,6 +176,28 @@ def test_dvc_push_then_fresh_clone_pulls_and_reruns_nothing(servers, tracked, tm
     repro = run(["dvc", "repro"], clone, MLFLOW_TRACKING_URI=servers.tracking_uri)
     assert "Data and pipelines are up to date" in repro.stdout, repro.stdout
     assert (clone / "dvc.lock").read_bytes() == (repo / "dvc.lock").read_bytes()
+
+
+def test_queued_experiments_run_in_parallel_against_the_server(servers, tracked):
+    from mlflow import MlflowClient
+
+    for lr in ("0.002", "0.003"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"cnn.optimizer.lr={lr}"], tracked.repo,
+            MLFLOW_TRACKING_URI=servers.tracking_uri)
+    run(["dvc", "exp", "run", "--run-all", "--jobs", "2"], tracked.repo, MLFLOW_TRACKING_URI=servers.tracking_uri)
+
+    client = MlflowClient(servers.tracking_uri)
+    experiment = client.get_experiment_by_name("cifar10")
+    runs = [r for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'cnn'")
+            if "dvc_exp_name" in r.data.tags]
+    assert sorted(r.data.params["cnn.optimizer.lr"] for r in runs) == ["0.002", "0.003"]
+    for r in runs:
+        assert r.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        assert sorted(steps) == list(range(1, EPOCHS["cnn"] + 1)), steps
+        assert "test_accuracy" in r.data.metrics
+    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    assert second.info.start_time < first.info.end_time, "the two queued experiments did not overlap"
 
 
 def sha256(path: Path) -> str:
