@@ -182,7 +182,7 @@ def test_queued_experiments_run_in_parallel_against_the_server(servers, tracked)
     from mlflow import MlflowClient
 
     for lr in ("0.002", "0.003"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"cnn.optimizer.lr={lr}"], tracked.repo,
+        run(["dvc", "exp", "run", "--queue", "-S", "cnn.epochs=1", "-S", f"cnn.optimizer.lr={lr}"], tracked.repo,
             MLFLOW_TRACKING_URI=servers.tracking_uri)
     run(["dvc", "exp", "run", "--run-all", "--jobs", "2"], tracked.repo, MLFLOW_TRACKING_URI=servers.tracking_uri)
 
@@ -194,7 +194,7 @@ def test_queued_experiments_run_in_parallel_against_the_server(servers, tracked)
     for r in runs:
         assert r.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(1, EPOCHS["cnn"] + 1)), steps
+        assert steps == [1], steps
         assert "test_accuracy" in r.data.metrics
     first, second = sorted(runs, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time, "the two queued experiments did not overlap"
