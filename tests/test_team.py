@@ -91,8 +91,10 @@ def tracked(servers, tmp_path_factory, archive, archive_md5) -> TrackedProject:
     wait_for_line(proc, r"train_cnn epoch 1:")  # printed once epoch 2 has started
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    killed = cnn_run_ids(MlflowClient(servers.tracking_uri))
+    client = MlflowClient(servers.tracking_uri)
+    killed = cnn_run_ids(client)
     assert len(killed) == 1
+    assert client.get_run(killed[0]).info.status == "RUNNING"  # killed before the stage could end it
 
     resumed = run(["dvc", "repro"], repo, MLFLOW_TRACKING_URI=servers.tracking_uri)
     run(["git", "add", "-A"], repo)
