@@ -140,15 +140,17 @@ def s3_server(workdir: Path) -> Iterator[str]:
 
 @contextmanager
 def mlflow_server(backend_uri: str, artifacts_destination: str, s3_endpoint: str, workdir: Path,
-                  allowed_hosts: str) -> Iterator[str]:
-    """`mlflow server` on a PostgreSQL store with proxied S3 artifacts, as docs/team.md starts it."""
+                  ui_host: str) -> Iterator[str]:
+    """`mlflow server` on a PostgreSQL store with proxied S3 artifacts, as docs/team.md starts it, with its UI
+    opened as http://<ui_host>:<port> (a name that, on a team, resolves to the server host)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
            "--backend-store-uri", backend_uri,
            "--artifacts-destination", artifacts_destination, "--serve-artifacts",
            "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-           "--allowed-hosts", allowed_hosts.format(port=port)]
+           "--allowed-hosts", f"{ui_host}:{port},127.0.0.1:{port}",
+           "--cors-allowed-origins", f"http://{ui_host}:{port}"]
     env = stage_env(MLFLOW_S3_ENDPOINT_URL=s3_endpoint, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **S3_CREDENTIALS)
     log = workdir / "mlflow-server.log"
     with background(cmd, env, log) as proc:

@@ -51,8 +51,7 @@ def servers(tmp_path_factory) -> Servers:
         pg = stack.enter_context(postgres())
         s3 = stack.enter_context(s3_server(workdir))
         s3_client(s3).create_bucket(Bucket=BUCKET)
-        tracking = stack.enter_context(mlflow_server(pg, f"s3://{BUCKET}/mlartifacts", s3, workdir,
-                                                     allowed_hosts=f"127.0.0.1:{{port}},{UI_HOST}:{{port}}"))
+        tracking = stack.enter_context(mlflow_server(pg, f"s3://{BUCKET}/mlartifacts", s3, workdir, UI_HOST))
         yield Servers(pg, s3, tracking)
 
 
@@ -144,20 +143,25 @@ def test_killed_stage_resumes_its_server_run_and_everything_reads_back(servers, 
     assert count == len(runs)
 
 
-def test_ui_answers_only_the_allowed_host_names(servers):
+def test_ui_answers_only_its_allowed_host_name_and_origin(servers):
+    """What a browser on another machine sends: the UI's host name, and its origin on the UI's POST requests."""
     port = servers.tracking_uri.rsplit(":", 1)[1]
+    ui = f"{UI_HOST}:{port}"
 
-    def status(host: str) -> int:
-        request = urllib.request.Request(f"{servers.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1",
-                                         headers={"Host": host})
+    def status(host: str, origin: str | None = None) -> int:
+        headers = {"Host": host, "Content-Type": "application/json", **({"Origin": origin} if origin else {})}
+        request = urllib.request.Request(f"{servers.tracking_uri}/ajax-api/2.0/mlflow/experiments/search",
+                                         data=b'{"max_results": 1}', headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status
         except urllib.error.HTTPError as exc:
             return exc.code
 
-    assert status(f"{UI_HOST}:{port}") == 200
+    assert status(ui) == 200
+    assert status(ui, origin=f"http://{ui}") == 200
     assert status(f"attacker.test:{port}") == 403
+    assert status(ui, origin=f"http://attacker.test:{port}") == 403
 
 
 def test_dvc_push_then_fresh_clone_pulls_and_reruns_nothing(servers, tracked, tmp_path):
