@@ -65,8 +65,11 @@ def archive_md5(archive: Path) -> str:
 
 @pytest.fixture
 def project(tmp_path: Path, archive: Path, archive_md5: str) -> Path:
+    return make_project(tmp_path / "project", archive, archive_md5)
+
+
+def make_project(repo: Path, archive: Path, archive_md5: str) -> Path:
     """A copy of the pipeline in a fresh git repo, with the tiny archive in place and tiny params."""
-    repo = tmp_path / "project"
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, repo / name)
@@ -74,7 +77,7 @@ def project(tmp_path: Path, archive: Path, archive_md5: str) -> Path:
     (repo / "data").mkdir()
     shutil.copy(archive, repo / "data" / "cifar-10-python.tar.gz")
     params = tiny_params(archive_md5)
-    params["resnet18"]["weights_path"] = str(random_resnet18_weights(tmp_path / "resnet18-random.pth"))
+    params["resnet18"]["weights_path"] = str(random_resnet18_weights(repo.parent / "resnet18-random.pth"))
     write_params(repo, params)
     run(["git", "init", "-q"], repo)
     run(["git", "add", "-A"], repo)
