@@ -15,7 +15,7 @@ from cifar_pipeline import checkpoint
 from cifar_pipeline.augment import augment, cutout, random_rotation, rotate
 from cifar_pipeline.config import AugmentParams, load_params
 from cifar_pipeline.engine import Interrupted, current_lr
-from cifar_pipeline.models import ResNet34, SeedCNN, build_model
+from cifar_pipeline.models import SeedCNN, build_model
 from cifar_pipeline.recipes import merged
 from cifar_pipeline.training import to_cpu
 from conftest import ROOT
