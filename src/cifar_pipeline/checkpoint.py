@@ -65,10 +65,22 @@ def exclusive(resume_file: Path) -> Iterator[None]:
             pass
         fh.close()
     try:
+        remove_stale_locks(resume_file.parent)
         yield
     finally:
         lock.unlink(missing_ok=True)
         fh.close()
+
+
+def remove_stale_locks(folder: Path) -> None:
+    """Delete lock files no process holds (left by a SIGKILL); like exclusive(), only while holding them."""
+    for lock in folder.glob("*.lock"):
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            lock.unlink(missing_ok=True)
 
 
 def resume_path(state_dir: Path, stage: str, key: str) -> Path:

@@ -35,9 +35,9 @@ def evaluate(params: Params, name: str) -> dict:
     run = paths.read_json(paths.run_info(name), paths.STAGES[name], "run_id")
     settings = Settings.resolve(params.runtime)
     paths.check_writable(paths.eval_dir(name))
-    tracker = Tracker(params.mlflow)
+    model = load_trained(name, params).to(settings.device)  # broken inputs fail before the store is touched
     data = load_arrays(paths.DATA)
-    model = load_trained(name, params).to(settings.device)
+    tracker = Tracker(params.mlflow)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     tracker.reopen(run["run_id"])

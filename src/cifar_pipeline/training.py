@@ -25,7 +25,7 @@ from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, exp
 from .errors import Diverged, ParamsError
 from .models import check_weights_path, count_parameters, model_from_params
 from .paths import check_writable, project_root
-from .tracking import Tracker, base_tags, flatten
+from .tracking import Tracker, base_tags, check_reachable, flatten, resolve_tracking_uri
 
 
 def to_cpu(obj):
@@ -111,10 +111,12 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
                    project_root() / paths.RESUME_DIR)
     if name == "resnet18" and params.resnet18.weights_path:
         check_weights_path(params.resnet18)
+    check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
     if settings.compile:
         use_project_compile_cache()
+    # Broken data or too few training images fail before the tracking store is touched.
+    data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)
-    data = load_arrays(paths.DATA)
     key = resume_key(params, name, settings.device)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
@@ -124,12 +126,12 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
 class StageRun:
     """One execution of a training stage, from start or resume to its outputs."""
 
-    def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data, resume_file: Path,
-                 key: str, params_file: Path = paths.PARAMS):
+    def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data: DeviceData,
+                 resume_file: Path, key: str, params_file: Path = paths.PARAMS):
         self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
-        self.data = DeviceData.split(data, params.data.val_size, params.seed, settings.device)
+        self.data = data
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
@@ -172,6 +174,7 @@ class StageRun:
         self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
         self.tracker.log_metrics(parameter_counts(model))
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
+        print(f"{self.stage}: started MLflow run {self.progress['run_id']}", flush=True)
 
     def snapshot(self) -> dict:
         return {"format": checkpoint.RESUME_FORMAT, "key": self.key, "trainer": to_cpu(self.trainer.state()),
