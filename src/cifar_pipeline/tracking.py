@@ -288,11 +288,11 @@ class Tracker:
 
     @contextmanager
     def finishing(self) -> Iterator[None]:
-        """End the run FINISHED after the block, or FAILED if it raises."""
+        """End the run FINISHED after the block, KILLED on Ctrl-C, or FAILED if it raises."""
         try:
             yield
-        except BaseException:
-            self.end("FAILED")
+        except BaseException as exc:
+            self.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         self.end()
 
