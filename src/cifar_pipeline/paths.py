@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from .errors import DataError, OutputError
@@ -63,6 +64,17 @@ def read_json(path: Path, producer: str, *keys: str) -> dict:
     return obj
 
 
+def can_create_files_in(folder: Path) -> bool:
+    """Tried, not inferred from mode bits: root passes those, and /proc or a read-only mount can still refuse."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
 def check_writable(*targets: Path) -> None:
     """Fail before any work if a stage could not create its outputs at targets (files or folders)."""
     for target in targets:
@@ -71,6 +83,6 @@ def check_writable(*targets: Path) -> None:
             folder = folder.parent
         if not folder.is_dir():
             raise OutputError(f"{folder} is a file, but {target} has to be written inside it: move {folder} away")
-        if not os.access(folder, os.W_OK | os.X_OK):
+        if not can_create_files_in(folder):
             raise OutputError(f"{folder.resolve()} is not writable, and {target} has to be written there: "
                               f"make it writable (chmod u+w {folder}) and rerun")

@@ -18,7 +18,7 @@ from typing import TypeVar
 
 from .config import MlflowParams, tracking_uri_problem
 from .errors import TrackingError
-from .paths import project_root
+from .paths import can_create_files_in, project_root
 
 T = TypeVar("T")
 REACHABILITY_TIMEOUT_S = 5
@@ -69,7 +69,7 @@ def check_sqlite_writable(uri: str, db: Path) -> None:
     folder = db.parent
     while not folder.exists():
         folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+    if not folder.is_dir() or not can_create_files_in(folder):
         raise TrackingError(f"MLflow store {uri}: folder {folder} is not a writable directory; {fix}")
 
 
