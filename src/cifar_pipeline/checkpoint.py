@@ -66,6 +66,8 @@ def exclusive(resume_file: Path) -> Iterator[None]:
         fh.close()
     try:
         remove_stale_locks(resume_file.parent)
+        for tmp in resume_file.parent.glob(f".{resume_file.name}.*.tmp"):  # a write cut short by SIGKILL
+            tmp.unlink(missing_ok=True)  # only the lock holder writes this checkpoint
         yield
     finally:
         lock.unlink(missing_ok=True)
