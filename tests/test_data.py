@@ -166,7 +166,7 @@ def test_split_is_a_seeded_partition():
     assert not np.array_equal(val, split_indices(100, 20, seed=4)[1])
 
 
-@pytest.mark.parametrize("val_size", [100, 101])
-def test_split_needs_training_images(val_size):
-    with pytest.raises(DataError, match=f"val_size = {val_size} leaves no training images out of 100"):
+@pytest.mark.parametrize("val_size, left", [(99, 1), (100, 0), (101, 0)])
+def test_split_needs_two_training_images(val_size, left):
+    with pytest.raises(DataError, match=f"val_size = {val_size} leaves {left} training images out of 100"):
         split_indices(100, val_size, seed=0)

@@ -48,6 +48,17 @@ def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 300) ->
     raise AssertionError(f"process ended before printing {pattern!r}:\n{''.join(seen)}")
 
 
+def wait_for_text(proc: subprocess.Popen, pattern: str, timeout: float = 300) -> str:
+    """Read the raw output (progress bars end in \r, not \n) until pattern appears."""
+    seen, deadline = "", time.monotonic() + timeout
+    while not re.search(pattern, seen):
+        chunk = os.read(proc.stdout.fileno(), 4096).decode(errors="replace")
+        assert chunk, f"process ended before printing {pattern!r}:\n{seen}"
+        seen += chunk
+        assert time.monotonic() < deadline, seen
+    return seen
+
+
 def cnn_runs(project):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cifar10")
@@ -68,15 +79,14 @@ def assert_one_complete_run(project) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_after", [r"epoch 1:", r"epoch 3:"])
+@pytest.mark.parametrize("kill_after", [r"epoch 2:", r"epoch 3:"])
 def test_sigkill_then_repro_resumes_to_identical_weights(resumable, tmp_path, kill_after):
     reference = tmp_path / "reference"
     shutil.copytree(resumable, reference, symlinks=True)
     run(["dvc", "repro", "train_cnn"], reference)
 
     proc = start_in_own_group(["dvc", "repro", "train_cnn"], resumable)
-    wait_for_line(proc, kill_after)
-    time.sleep(0.3)  # land inside the next epoch
+    wait_for_line(proc, kill_after)  # the previous epoch's checkpoint is on disk; this one's is being written
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (resumable / "models" / "cnn" / "last.pt").exists()
@@ -96,10 +106,12 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_p
     reference = tmp_path / "reference"
     shutil.copytree(resumable, reference, symlinks=True)
     stage("train", "cnn", cwd=reference)
+    params = read_params(resumable)
+    params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun
+    write_params(resumable, params)
 
     proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable)
-    wait_for_line(proc, r"epoch 1:")
-    time.sleep(0.3)
+    wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 import random
 import warnings
 from collections.abc import Iterator
@@ -46,15 +47,42 @@ def set_rng_state(state: dict) -> None:
 @contextmanager
 def exclusive(resume_file: Path) -> Iterator[None]:
     """One process at a time per checkpoint (two queued experiments may share params); the OS
-    releases the lock if the holder dies."""
+    releases the lock if the holder dies. The holder deletes the lock file when done, so a waiter
+    that wakes on a deleted file tries again on the current one."""
     resume_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(resume_file.with_suffix(".lock"), "w") as fh:
+    lock = resume_file.with_suffix(".lock")
+    while True:
+        fh = open(lock, "a")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             print(f"waiting: another process is training with the same params ({resume_file.name})", flush=True)
             fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            if lock.stat().st_ino == os.fstat(fh.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        fh.close()
+    try:
+        remove_stale_locks(resume_file.parent)
+        for tmp in resume_file.parent.glob(f".{resume_file.name}.*.tmp"):  # a write cut short by SIGKILL
+            tmp.unlink(missing_ok=True)  # only the lock holder writes this checkpoint
         yield
+    finally:
+        lock.unlink(missing_ok=True)
+        fh.close()
+
+
+def remove_stale_locks(folder: Path) -> None:
+    """Delete lock files no process holds (left by a SIGKILL); like exclusive(), only while holding them."""
+    for lock in folder.glob("*.lock"):
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            lock.unlink(missing_ok=True)
 
 
 def resume_path(state_dir: Path, stage: str, key: str) -> Path:

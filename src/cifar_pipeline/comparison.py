@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 
 from . import atomic, paths
 from .config import MODELS, Params
 
 NOTEBOOK_ACCURACY = {"cnn": "89.11 %", "resnet34": "not reported", "resnet18": "91.95 %"}
+TRAIN_KEYS = ("best_val_acc", "epochs", "train_seconds", "images_per_second", "params_trainable", "params_total")
 COLUMNS = ["model", "init", "test_accuracy", "macro_f1", "best_val_acc", "epochs", "train_seconds",
            "images_per_second", "params_trainable", "params_total", "mlflow_run_id", "notebook_accuracy"]
 
@@ -23,15 +22,12 @@ def init_label(params: Params, name: str) -> str:
     return "random init (resnet18.weights: none)" if cfg.weights == "none" else f"ImageNet {cfg.weights}"
 
 
-def read_json(path) -> dict:
-    return json.loads(path.read_text())
-
-
 def build_table(params: Params) -> pd.DataFrame:
     rows = []
     for name in MODELS:
-        train = read_json(paths.train_summary(name))
-        test = read_json(paths.eval_dir(name) / "metrics.json")
+        stage = paths.STAGES[name]
+        train = paths.read_json(paths.train_summary(name), stage, *TRAIN_KEYS)
+        test = paths.read_json(paths.eval_dir(name) / "metrics.json", f"evaluate@{name}", "accuracy", "macro_f1")
         rows.append({
             "model": name,
             "init": init_label(params, name),
@@ -43,7 +39,7 @@ def build_table(params: Params) -> pd.DataFrame:
             "images_per_second": train["images_per_second"],
             "params_trainable": train["params_trainable"],
             "params_total": train["params_total"],
-            "mlflow_run_id": read_json(paths.run_info(name))["run_id"],
+            "mlflow_run_id": paths.read_json(paths.run_info(name), stage, "run_id")["run_id"],
             "notebook_accuracy": NOTEBOOK_ACCURACY[name],
         })
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -18,13 +18,18 @@ OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
 
 PositiveInt = Annotated[int, Field(gt=0)]
+BatchSize = Annotated[int, Field(ge=2)]  # BatchNorm can't train on one image per batch
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy's legacy seeding accepts
+MIN_TRAIN_IMAGES = 2
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 Probability = Annotated[float, Field(ge=0, le=1)]
 RGB = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
 RGBStd = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: no bool for an int, no "32" for a number; allow_inf_nan: no .inf or .nan anywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class DataParams(Strict):
@@ -38,10 +43,10 @@ class DataParams(Strict):
 
     @model_validator(mode="after")
     def _room_for_training(self) -> "DataParams":
-        if self.train_limit and self.val_size >= self.train_limit:
+        if self.train_limit and self.val_size > self.train_limit - MIN_TRAIN_IMAGES:
             raise ValueError(
-                f"data.val_size = {self.val_size} must be below data.train_limit = {self.train_limit} "
-                "so that some images remain for training"
+                f"data.val_size = {self.val_size} must be at most data.train_limit - {MIN_TRAIN_IMAGES} = "
+                f"{self.train_limit - MIN_TRAIN_IMAGES} so that at least {MIN_TRAIN_IMAGES} images remain for training"
             )
         return self
 
@@ -65,9 +70,38 @@ class RuntimeParams(Strict):
         return v
 
 
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why uri can't be an MLflow tracking store, or None if its form is fine."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme:
+        return "is not a URI: use sqlite:///<path>.db, http(s)://<host>:<port> or another MLflow store URI"
+    if scheme.split("+")[0] not in TRACKING_SCHEMES:
+        return f"has the unknown scheme `{scheme}`; MLflow stores use one of {', '.join(TRACKING_SCHEMES)}"
+    if scheme == "sqlite" and (not rest.startswith("/") or not rest.strip("/")):
+        return "must name a database file: sqlite:///<relative path>.db or sqlite:////<absolute path>.db"
+    if scheme in ("http", "https") and not rest.split("/")[0]:
+        return "has no host: use http(s)://<host>:<port>"
+    return None
+
+
 class MlflowParams(Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: Annotated[str, Field(min_length=1)] = "cifar10"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_store(cls, v: str) -> str:
+        problem = tracking_uri_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("experiment")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if v != v.strip() or not v:
+            raise ValueError("must be a name without leading or trailing spaces, e.g. cifar10")
+        return v
 
 
 class OptimizerParams(Strict):
@@ -115,7 +149,7 @@ class NormalizeParams(Strict):
 
 class ModelParams(Strict):
     epochs: PositiveInt
-    batch_size: PositiveInt = 64
+    batch_size: BatchSize = 64
     optimizer: OptimizerParams
     scheduler: SchedulerParams = SchedulerParams()
     augment: AugmentParams = AugmentParams()
@@ -174,7 +208,7 @@ class Resnet18Params(ModelParams):
 
 
 class Params(Strict):
-    seed: Annotated[int, Field(ge=0)] = 42
+    seed: Seed = 42
     data: DataParams = DataParams()
     runtime: RuntimeParams = RuntimeParams()
     mlflow: MlflowParams = MlflowParams()
@@ -217,6 +251,20 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return current
 
 
+TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
+              "string_type": "a string", "list_type": "a list", "finite_number": "a finite number",
+              "model_type": "a mapping of keys", "dict_type": "a mapping of keys"}
+
+
+def _quoted_value(value: object, kind: str) -> bool:
+    """Whether value is a string that, unquoted, would be what kind asks for (`"32"` for an integer)."""
+    if not isinstance(value, str) or kind == "string_type":
+        return False
+    parsed = yaml.safe_load(value) if value.strip() else None
+    wanted = {"int_type": int, "float_type": (int, float), "bool_type": bool}.get(kind, ())
+    return isinstance(parsed, wanted) and (kind == "bool_type" or not isinstance(parsed, bool))
+
+
 def _describe(error: dict) -> str:
     loc = error["loc"]
     path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
@@ -235,6 +283,9 @@ def _describe(error: dict) -> str:
         bound = next(iter(ctx.values()))
         bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
         return f"{path} must be {op} {bound}, got {value!r}"
+    if kind in TYPE_NAMES:
+        quoted = " (a string: remove the quotes)" if _quoted_value(value, kind) else ""
+        return f"{path} must be {TYPE_NAMES[kind]}, got {value!r}{quoted}"
     if kind == "literal_error":
         return f"{path} must be one of {ctx.get('expected')}, got {value!r}"
     message = error["msg"].removeprefix("Value error, ")

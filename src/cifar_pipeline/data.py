@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
+from .config import MIN_TRAIN_IMAGES
 from .errors import DataError
 
 BATCH_DIR = "cifar-10-batches-py"
@@ -45,6 +46,9 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 
 def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
     """Return the verified archive at path, downloading it first if it is not there."""
+    if path.exists() and not path.is_file():
+        raise DataError(f"data.archive = {path} is a directory, not a file: point data.archive at "
+                        "cifar-10-python.tar.gz itself")
     if not path.exists():
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -140,20 +144,31 @@ def save_arrays(data: Cifar10, path: Path) -> None:
 def load_arrays(path: Path) -> Cifar10:
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro download` first")
-    with np.load(path) as npz:
-        data = Cifar10(npz["train_x"], npz["train_y"], npz["test_x"], npz["test_y"], npz["classes"].tolist())
-    for name, x in (("train", data.train_x), ("test", data.test_x)):
+    rebuild = "run `dvc repro -f download` to rebuild it"
+    try:
+        with np.load(path) as npz:
+            data = Cifar10(npz["train_x"], npz["train_y"], npz["test_x"], npz["test_y"], npz["classes"].tolist())
+    except Exception as exc:  # BadZipFile, EOFError, KeyError, ValueError (pickled arrays): all mean "broken"
+        raise DataError(f"{path} is not a readable prepared-data file ({type(exc).__name__}: {exc}); {rebuild}") from None
+    for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
         if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{path}: {name} images are {x.dtype}{list(x.shape)}, expected uint8 [N, 32, 32, 3]")
+            raise DataError(f"{path}: {name} images are {x.dtype}{list(x.shape)}, expected uint8 [N, 32, 32, 3]; "
+                            f"{rebuild}")
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (
+                y.size and (y.min() < 0 or y.max() > 9)):
+            raise DataError(f"{path}: {name} labels are {y.dtype}{list(y.shape)} for {len(x)} images, expected "
+                            f"one label in 0..9 per image; {rebuild}")
+    if len(data.classes) != 10:
+        raise DataError(f"{path} lists {len(data.classes)} class names, expected 10; {rebuild}")
     return data
 
 
 def split_indices(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/validation split of range(n): (train_idx, val_idx)."""
-    if val_size >= n:
+    if n - val_size < MIN_TRAIN_IMAGES:
         raise DataError(
-            f"data.val_size = {val_size} leaves no training images out of {n}; "
-            "lower data.val_size or raise data.train_limit"
+            f"data.val_size = {val_size} leaves {max(n - val_size, 0)} training images out of {n}, and training "
+            f"needs at least {MIN_TRAIN_IMAGES}; lower data.val_size or raise data.train_limit"
         )
     order = np.random.default_rng(seed).permutation(n)
     return np.sort(order[val_size:]), np.sort(order[:val_size])

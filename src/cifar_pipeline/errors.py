@@ -23,3 +23,11 @@ class TrackingError(PipelineError):
 
 class TrainingError(PipelineError):
     """Training can't go on (device missing, out of memory)."""
+
+
+class Diverged(TrainingError):
+    """Training produced a non-finite loss or weights."""
+
+
+class OutputError(PipelineError):
+    """A stage can't write where its outputs go (read-only folder, a file in the way)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import torch
 
@@ -12,7 +10,7 @@ from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays
 from .engine import Settings, explain_oom, predict
-from .errors import DataError
+from .errors import DataError, PipelineError
 from .models import build_model
 from .tracking import Tracker
 
@@ -21,20 +19,25 @@ def load_trained(name: str, params: Params) -> torch.nn.Module:
     path = paths.model_dir(name) / "best.pt"
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro {paths.STAGES[name]}` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(name, type(params.model(name)).model_validate(saved["params"]), pretrained=False)
-    model.load_state_dict(saved["state_dict"])
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model = build_model(name, type(params.model(name)).model_validate(saved["params"]), pretrained=False)
+        model.load_state_dict(saved["state_dict"])
+    except PipelineError:
+        raise
+    except Exception as exc:  # truncated zip, random bytes, another model's file: torch raises many types
+        raise DataError(f"{path} is not a loadable {name} model file ({type(exc).__name__}); "
+                        f"run `dvc repro -f {paths.STAGES[name]}` to retrain it") from None
     return model
 
 
 def evaluate(params: Params, name: str) -> dict:
-    if not paths.run_info(name).is_file():
-        raise DataError(f"{paths.run_info(name)} not found: run `dvc repro {paths.STAGES[name]}` first")
-    run = json.loads(paths.run_info(name).read_text())
+    run = paths.read_json(paths.run_info(name), paths.STAGES[name], "run_id")
     settings = Settings.resolve(params.runtime)
-    tracker = Tracker(params.mlflow)
+    paths.check_writable(paths.eval_dir(name))
+    model = load_trained(name, params).to(settings.device)  # broken inputs fail before the store is touched
     data = load_arrays(paths.DATA)
-    model = load_trained(name, params).to(settings.device)
+    tracker = Tracker(params.mlflow)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     tracker.reopen(run["run_id"])

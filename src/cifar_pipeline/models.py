@@ -134,13 +134,23 @@ def torchvision_resnet34(stem: str) -> nn.Module:
     return net
 
 
+def check_weights_path(cfg: Resnet18Params) -> Path:
+    """cfg.weights_path as a Path, if it names a readable file (checked before any heavy work)."""
+    path = Path(cfg.weights_path)
+    fix = "point it at a torchvision resnet18 state dict (.pth)"
+    if path.is_dir():
+        raise WeightsError(f"resnet18.weights_path = {cfg.weights_path} is a directory, not a file; {fix}")
+    if not path.is_file():
+        raise WeightsError(f"resnet18.weights_path = {cfg.weights_path} does not exist; {fix}")
+    if not os.access(path, os.R_OK):
+        raise WeightsError(f"resnet18.weights_path = {cfg.weights_path} is not readable; make it readable or {fix}")
+    return path
+
+
 def imagenet_state_dict(cfg: Resnet18Params) -> dict[str, torch.Tensor] | None:
     """ImageNet weights from cfg.weights_path, else torchvision's weights API (cache, then download)."""
     if cfg.weights_path:
-        path = Path(cfg.weights_path)
-        if not path.is_file():
-            raise WeightsError(f"resnet18.weights_path = {cfg.weights_path} does not exist; "
-                               "point it at a torchvision resnet18 state dict (.pth)")
+        path = check_weights_path(cfg)
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a bad file
@@ -163,13 +173,26 @@ def imagenet_state_dict(cfg: Resnet18Params) -> dict[str, torch.Tensor] | None:
         ) from None
 
 
+def key_mismatch(net: nn.Module, state_dict: dict, shown: int = 3) -> str:
+    """A short account of how state_dict differs from net's (torch's own lists every key)."""
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [k for k in expected if k in state_dict and getattr(state_dict[k], "shape", None) != expected[k].shape]
+    parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:shown])})"
+             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                                ("keys of another shape", reshaped)) if keys]
+    return "; ".join(parts) or "the values are not tensors"
+
+
 def finetune_resnet18(cfg: Resnet18Params, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
     net = resnet18(weights=None)
     if state_dict is not None:
         try:
             net.load_state_dict(state_dict)
-        except RuntimeError as exc:
-            raise WeightsError(f"the resnet18 weights do not fit torchvision's resnet18: {exc}") from None
+        except RuntimeError:
+            raise WeightsError(f"the resnet18 weights do not fit torchvision's resnet18: {key_mismatch(net, state_dict)}. "
+                               "Use the state dict of torchvision.models.resnet18 (resnet18-f37072fd.pth)") from None
     net.fc = nn.Linear(net.fc.in_features, NUM_CLASSES)
     trainable = tuple(cfg.trainable)
     for name, param in net.named_parameters():

@@ -1,6 +1,11 @@
 """Where each stage reads and writes, relative to the project root (the stage's working dir)."""
 
+import json
+import os
+import tempfile
 from pathlib import Path
+
+from .errors import DataError, OutputError
 
 PARAMS = Path("params.yaml")
 DATA = Path("data/cifar10.npz")
@@ -43,3 +48,42 @@ def project_root(cwd: Path | None = None) -> Path:
         if parts[i : i + len(marker)] == marker:
             return Path(*parts[:i])
     return cwd
+
+
+def read_json(path: Path, producer: str, *keys: str) -> dict:
+    """A JSON object an earlier stage wrote, holding keys; a missing or broken file names the stage to rerun."""
+    rebuild = f"run `dvc repro -f {producer}` to rebuild it"
+    if not path.is_file():
+        raise DataError(f"{path} not found: run `dvc repro {producer}` first")
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is not readable JSON ({exc}); {rebuild}") from None
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise DataError(f"{path} lacks {', '.join(missing)}; {rebuild}")
+    return obj
+
+
+def can_create_files_in(folder: Path) -> bool:
+    """Tried, not inferred from mode bits: root passes those, and /proc or a read-only mount can still refuse."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_writable(*targets: Path) -> None:
+    """Fail before any work if a stage could not create its outputs at targets (files or folders)."""
+    for target in targets:
+        folder = target
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir():
+            raise OutputError(f"{folder} is a file, but {target} has to be written inside it: move {folder} away")
+        if not can_create_files_in(folder):
+            raise OutputError(f"{folder.resolve()} is not writable, and {target} has to be written there: "
+                              f"make it writable (chmod u+w {folder}) and rerun")

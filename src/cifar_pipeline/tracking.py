@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -15,18 +16,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from .config import MlflowParams
+from .config import MlflowParams, tracking_uri_problem
 from .errors import TrackingError
-from .paths import project_root
+from .paths import can_create_files_in, project_root
 
 T = TypeVar("T")
 REACHABILITY_TIMEOUT_S = 5
 LOCK_RETRIES = 8
+PROCESS_TAG = "process"  # host:pid:start time of the process that has the run open
 
 
 def resolve_tracking_uri(cfg: MlflowParams, cwd: Path | None = None) -> str:
     """$MLFLOW_TRACKING_URI, else params; a relative sqlite path is anchored at the project root."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    problem = tracking_uri_problem(uri)
+    if problem:  # params were validated already: this one came from the environment
+        raise TrackingError(f"$MLFLOW_TRACKING_URI = {uri!r} {problem}. Fix or unset it.")
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         return prefix + str(project_root(cwd) / uri[len(prefix) :])
@@ -50,8 +55,22 @@ def check_reachable(uri: str) -> None:
                 "mlflow.tracking_uri in params.yaml (or $MLFLOW_TRACKING_URI) to a reachable store."
             ) from None
     db = sqlite_path(uri)
-    if db is not None and not os.access(db.parent if db.parent.exists() else db.parent.parent, os.W_OK):
-        raise TrackingError(f"MLflow store {uri}: folder {db.parent} is not writable")
+    if db is not None:
+        check_sqlite_writable(uri, db)
+
+
+def check_sqlite_writable(uri: str, db: Path) -> None:
+    """The database file (if there) and its folder, or the nearest folder that exists, must be writable."""
+    fix = "set mlflow.tracking_uri (or $MLFLOW_TRACKING_URI) to sqlite:///<a writable path>.db"
+    if db.exists() and not db.is_file():
+        raise TrackingError(f"MLflow store {uri}: {db} is not a file; {fix}")
+    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
+        raise TrackingError(f"MLflow store {uri}: {db} is read-only; make it writable (chmod u+w) or {fix}")
+    folder = db.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not can_create_files_in(folder):
+        raise TrackingError(f"MLflow store {uri}: folder {folder} is not a writable directory; {fix}")
 
 
 @contextmanager
@@ -109,6 +128,40 @@ def flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def process_start_ticks(pid: int) -> str | None:
+    """When the process started, in clock ticks since boot (Linux /proc); None where that can't be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def this_process() -> str:
+    pid = os.getpid()
+    return f"{socket.gethostname()}:{pid}:{process_start_ticks(pid) or ''}"
+
+
+def process_alive(tag: str) -> bool:
+    """Whether the process a PROCESS_TAG names may still run (True whenever this host can't tell)."""
+    try:
+        host, pid_text, ticks = tag.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return True
+    if host != socket.gethostname():
+        return True
+    if ticks:  # the start time also tells a reused pid apart
+        return process_start_ticks(pid) == ticks
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
 def import_mlflow_pytorch():
     """mlflow.pytorch without pytorch_lightning. Where lightning is installed, mlflow.pytorch imports it
     (and through it torchmetrics, transformers, matplotlib) only for a Lightning autolog callback: 6.3 s
@@ -137,6 +190,18 @@ class Tracker:
             self.client = mlflow.MlflowClient(self.uri)
             self.experiment_id = retry_locked(lambda: self._experiment(cfg.experiment))
         self.run_id: str | None = None
+        self.experiment_name = cfg.experiment
+        self.end_orphans()
+
+    def end_orphans(self) -> None:
+        """Runs left RUNNING by a process that is gone (SIGKILL at any moment, power loss) end KILLED."""
+        runs = retry_locked(lambda: self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'"))
+        for run in runs:
+            tag = run.data.tags.get(PROCESS_TAG)
+            if tag and not process_alive(tag):
+                retry_locked(lambda: self.client.set_terminated(run.info.run_id, status="KILLED"))
+                print(f"marked MLflow run {run.info.run_id} ({run.info.run_name}) KILLED: the process that ran it "
+                      "is gone", file=sys.stderr)
 
     def _experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -147,6 +212,7 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location)
 
     def start(self, run_name: str, tags: dict[str, str], params: Mapping) -> str:
+        tags = {**tags, PROCESS_TAG: this_process()}
         run = retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
         self.run_id = run.info.run_id
         flat = {k: str(v) for k, v in flatten(params).items()}
@@ -172,8 +238,23 @@ class Tracker:
                 "or retrain with `dvc repro -f <training stage>`."
             ) from None
         self.run_id = run.info.run_id
+        retry_locked(lambda: self.client.set_tag(run_id, PROCESS_TAG, this_process()))  # before RUNNING: see end_orphans
         if run.info.status != "RUNNING":
             retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def resume_problem(self, run_id: str) -> str | None:
+        """Why a checkpoint's run can't be continued in this store and experiment; None if it can."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = retry_locked(lambda: self.client.get_run(run_id))
+        except MlflowException:
+            return f"its MLflow run {run_id} is not in the store {self.uri}"
+        if run.info.lifecycle_stage != "active":
+            return f"its MLflow run {run_id} was deleted"
+        if run.info.experiment_id != self.experiment_id:
+            return f"its MLflow run {run_id} is in another experiment than mlflow.experiment = {self.experiment_name}"
+        return None
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in retry_locked(lambda: self.client.get_metric_history(self.run_id, key))}
@@ -207,11 +288,11 @@ class Tracker:
 
     @contextmanager
     def finishing(self) -> Iterator[None]:
-        """End the run FINISHED after the block, or FAILED if it raises."""
+        """End the run FINISHED after the block, KILLED on Ctrl-C, or FAILED if it raises."""
         try:
             yield
-        except BaseException:
-            self.end("FAILED")
+        except BaseException as exc:
+            self.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             raise
         self.end()
 

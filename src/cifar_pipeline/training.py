@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import random
 import sys
@@ -18,12 +19,13 @@ import numpy as np
 import torch
 
 from . import atomic, checkpoint, paths
-from .config import Params
+from .config import Params, load_params
 from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, effective_lrs, explain_oom
-from .models import count_parameters, model_from_params
-from .paths import project_root
-from .tracking import Tracker, base_tags
+from .errors import Diverged, ParamsError
+from .models import check_weights_path, count_parameters, model_from_params
+from .paths import check_writable, project_root
+from .tracking import Tracker, base_tags, check_reachable, flatten, resolve_tracking_uri
 
 
 def to_cpu(obj):
@@ -102,28 +104,34 @@ def use_project_compile_cache() -> None:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(project_root() / paths.COMPILE_CACHE_DIR)
 
 
-def train(params: Params, name: str) -> dict:
+def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
     settings = Settings.resolve(params.runtime)
+    check_writable(paths.model_dir(name), paths.train_summary(name).parent, paths.history(name).parent,
+                   project_root() / paths.RESUME_DIR)
+    if name == "resnet18" and params.resnet18.weights_path:
+        check_weights_path(params.resnet18)
+    check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
     if settings.compile:
         use_project_compile_cache()
+    # Broken data or too few training images fail before the tracking store is touched.
+    data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)
-    data = load_arrays(paths.DATA)
     key = resume_key(params, name, settings.device)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
-        return StageRun(params, name, settings, tracker, data, resume_file, key).run()
+        return StageRun(params, name, settings, tracker, data, resume_file, key, params_file).run()
 
 
 class StageRun:
     """One execution of a training stage, from start or resume to its outputs."""
 
-    def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data, resume_file: Path,
-                 key: str):
-        self.params, self.name, self.stage = params, name, paths.STAGES[name]
+    def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data: DeviceData,
+                 resume_file: Path, key: str, params_file: Path = paths.PARAMS):
+        self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
-        self.data = DeviceData.split(data, params.data.val_size, params.seed, settings.device)
+        self.data = data
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
@@ -134,6 +142,11 @@ class StageRun:
         return Trainer(self.name, model, self.cfg, self.settings, self.data, generator)
 
     def _resume(self, state: dict) -> bool:
+        problem = self.tracker.resume_problem(state["run_id"])
+        if problem:  # e.g. mlflow.tracking_uri or mlflow.experiment changed since the kill
+            warnings.warn(f"resume checkpoint {self.resume_file} can't be continued: {problem}; starting a fresh run",
+                          stacklevel=2)
+            return False
         try:
             self.trainer = self._build(pretrained=False)
             self.trainer.load_state(state["trainer"])
@@ -161,6 +174,7 @@ class StageRun:
         self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
         self.tracker.log_metrics({**parameter_counts(model), **effective_lrs(self.cfg)})
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
+        print(f"{self.stage}: started MLflow run {self.progress['run_id']}", flush=True)
 
     def snapshot(self) -> dict:
         return {"format": checkpoint.RESUME_FORMAT, "key": self.key, "trainer": to_cpu(self.trainer.state()),
@@ -176,19 +190,20 @@ class StageRun:
             self.logged.add(row["epoch"])
 
     def run(self) -> dict:
-        state = checkpoint.load_resume(self.resume_file, self.key)
-        if state is None or not self._resume(state):
-            self._start()
-        progress = self.progress
         try:
+            state = checkpoint.load_resume(self.resume_file, self.key)
+            if state is None or not self._resume(state):
+                self._start()
             with self.trainer.stop_on_signals():
-                for epoch in range(progress["epoch"] + 1, self.cfg.epochs + 1):
+                for epoch in range(self.progress["epoch"] + 1, self.cfg.epochs + 1):
                     self._epoch(epoch)
                     if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
                         raise Interrupted(self.trainer.stop_signal, None)
                 self.writer.wait()
-                summary = _write_outputs(self.params, self.name, self.trainer, progress, self.tracker)
+                check_params_unchanged(self.params, self.name, self.params_file)
+                summary = _write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker)
         except Interrupted as stop:
+            progress = self.progress
             self._settle_writer()
             progress["partial"] = stop.partial
             checkpoint.save(self.snapshot(), self.resume_file)
@@ -198,9 +213,12 @@ class StageRun:
             print(f"{self.stage}: {stop}; checkpoint at {where} saved to {self.resume_file}; "
                   "run `dvc repro` to resume", flush=True)
             raise SystemExit(128 + stop.signum) from None
-        except BaseException:
+        except BaseException as exc:
             self._settle_writer()
-            self.tracker.end("FAILED")
+            if self.tracker.run_id is not None:  # Ctrl-C before training's handler: KILLED, like a signal in it
+                self.tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            if isinstance(exc, Diverged):  # resuming would only diverge again
+                self.resume_file.unlink(missing_ok=True)
             raise
         self.tracker.end("FINISHED")
         self.resume_file.unlink(missing_ok=True)
@@ -210,6 +228,7 @@ class StageRun:
         progress = self.progress
         with explain_oom(f"training {self.name}", f"{self.name}.batch_size", self.cfg.batch_size):
             result = self.trainer.train_epoch(epoch, progress["partial"])
+        self._check_finite(result)
         progress.update(epoch=epoch, partial=None, train_seconds=progress["train_seconds"] + result.epoch_seconds)
         progress["history"].append(asdict(result))
         if result.val_acc > progress["best"]["val_acc"]:
@@ -219,12 +238,39 @@ class StageRun:
         self.writer.submit(lambda: self._save_and_log(snapshot, asdict(result)))
         print(_summary_line(self.stage, result), flush=True)
 
+    def _check_finite(self, result: EpochResult) -> None:
+        bad = [f"{k} {v}" for k, v in (("train_loss", result.train_loss), ("val_loss", result.val_loss))
+               if not math.isfinite(v)]
+        floats = [t for t in self.trainer.model.state_dict().values() if t.is_floating_point()]
+        if not torch.stack([torch.isfinite(t).all() for t in floats]).all().item():
+            bad.append("non-finite weights")
+        if bad:
+            opt = f"{self.name}.optimizer"
+            raise Diverged(f"{self.stage} diverged in epoch {result.epoch} ({', '.join(bad)}); no model was published "
+                           f"and the MLflow run is marked FAILED. Lower {opt}.lr = {self.cfg.optimizer.lr} or "
+                           f"{opt}.weight_decay = {self.cfg.optimizer.weight_decay} and rerun.")
+
     def _settle_writer(self) -> None:
         """Wait for the background write; its own failure is reported, not allowed to hide the first."""
         try:
             self.writer.wait()
         except Exception as exc:
             print(f"{self.stage}: background checkpoint/log write failed too: {exc}", file=sys.stderr)
+
+
+def check_params_unchanged(params: Params, name: str, params_file: Path) -> None:
+    """The params file must still hold the values this run trained with: DVC records what the file says
+    when the stage ends, and a dvc.lock that names other values than the model's would be a lie."""
+    def stage_view(p: Params) -> dict:
+        return flatten({**p.stage_params(name), "mlflow": p.mlflow.model_dump()})
+
+    trained, now = stage_view(params), stage_view(load_params(params_file))
+    changed = [f"{k}: {trained.get(k)!r} -> {now.get(k)!r}" for k in sorted(trained.keys() | now.keys())
+               if trained.get(k) != now.get(k)]
+    if changed:
+        raise ParamsError(f"{params_file} changed while {paths.STAGES[name]} ran ({'; '.join(changed)}). The model was "
+                          "trained with the old values, so nothing was published. Run `dvc repro` again to train "
+                          "with the file's values.")
 
 
 def _summary_line(stage: str, r: EpochResult) -> str:

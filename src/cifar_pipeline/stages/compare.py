@@ -12,8 +12,9 @@ def main() -> None:
     from ..comparison import build_table, write
 
     table = build_table(params)
+    paths.check_writable(paths.REPORTS)
+    tracker = Tracker(params.mlflow)  # before writing: a broken store leaves no reports behind
     files = write(table)
-    tracker = Tracker(params.mlflow)
     tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])}}
     tracker.start("comparison", tags, {})
     with tracker.finishing():

@@ -6,11 +6,11 @@ from .. import cli, paths
 
 
 def main() -> None:
-    params, model = cli.parse_args(__doc__, per_model=True)
+    params, model, params_file = cli.parse_stage_args(__doc__, per_model=True)
 
     from ..training import train  # torch and mlflow load only once the params are known to be valid
 
-    summary = train(params, model)
+    summary = train(params, model, params_file)
     print(f"{paths.STAGES[model]}: best val_acc {summary['best_val_acc']:.4f} "
           f"(epoch {summary['best_epoch']}), {summary['train_seconds']:.1f}s training")
 
