@@ -13,18 +13,15 @@ from .config import Params
 from .data import load_arrays
 from .engine import Settings, explain_oom, predict
 from .errors import DataError
-from .models import build_model
+from .serving import build_from_file
 from .tracking import Tracker
 
 
-def load_trained(name: str, params: Params) -> torch.nn.Module:
+def load_trained(name: str) -> torch.nn.Module:
     path = paths.model_dir(name) / "best.pt"
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro {paths.STAGES[name]}` first")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    model = build_model(name, type(params.model(name)).model_validate(saved["params"]), pretrained=False)
-    model.load_state_dict(saved["state_dict"])
-    return model
+    return build_from_file(path)[0]
 
 
 def evaluate(params: Params, name: str) -> dict:
@@ -34,7 +31,7 @@ def evaluate(params: Params, name: str) -> dict:
     settings = Settings.resolve(params.runtime)
     tracker = Tracker(params.mlflow)
     data = load_arrays(paths.DATA)
-    model = load_trained(name, params).to(settings.device)
+    model = load_trained(name).to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     tracker.reopen(run["run_id"])

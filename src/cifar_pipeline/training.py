@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, checkpoint, paths
+from . import atomic, checkpoint, paths, registry
 from .config import Params
 from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, explain_oom
@@ -124,6 +124,7 @@ class StageRun:
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
         self.data = DeviceData.split(data, params.data.val_size, params.seed, settings.device)
+        self.classes = list(data.classes)
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
@@ -187,7 +188,8 @@ class StageRun:
                     if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
                         raise Interrupted(self.trainer.stop_signal, None)
                 self.writer.wait()
-                summary = _write_outputs(self.params, self.name, self.trainer, progress, self.tracker)
+                summary = _write_outputs(self.params, self.name, self.trainer, progress, self.tracker,
+                                         self.classes)
         except Interrupted as stop:
             self._settle_writer()
             progress["partial"] = stop.partial
@@ -233,12 +235,13 @@ def _summary_line(stage: str, r: EpochResult) -> str:
             f"{r.epoch_seconds:.1f}s {r.images_per_second:,.0f} img/s")
 
 
-def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, tracker: Tracker) -> dict:
+def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, tracker: Tracker,
+                   classes: list[str]) -> dict:
     cfg_dump = params.model(name).model_dump()
     out_dir = paths.model_dir(name)
     best_file, last_file = out_dir / "best.pt", out_dir / "last.pt"
-    checkpoint.save(checkpoint.model_file(name, cfg_dump, progress["best_model"]), best_file)
-    checkpoint.save(checkpoint.model_file(name, cfg_dump, to_cpu(trainer.model.state_dict())), last_file)
+    checkpoint.save(checkpoint.model_file(name, cfg_dump, classes, progress["best_model"]), best_file)
+    checkpoint.save(checkpoint.model_file(name, cfg_dump, classes, to_cpu(trainer.model.state_dict())), last_file)
     write_history(progress["history"], paths.history(name))
 
     history = progress["history"]
@@ -252,19 +255,18 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
         **parameter_counts(trainer.model),
     }
     atomic.write_json(paths.train_summary(name), summary)
-    atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-                                             "tracking_uri": tracker.uri})
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
     tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
                          if summary[k] is not None})
 
-    model = trainer.model.to("cpu", memory_format=torch.contiguous_format)
-    model.load_state_dict(progress["best_model"])
     start = time.perf_counter()
-    example = trainer.data.val_x[:2].cpu().numpy()
-    tracker.log_torch_model(model.eval(), "best_model", example)
+    example = (trainer.data.val_x[:2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    model = registry.publish(tracker, best_file, classes, example, registry.registered_name(params.mlflow, name))
+    atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
+                                             "tracking_uri": tracker.uri, **model})
+    registered = f", registered as {model['registered_model']} v{model['version']}" if "version" in model else ""
     print(f"{paths.STAGES[name]}: logged best model (epoch {summary['best_epoch']}) to MLflow run "
-          f"{tracker.run_id} in {time.perf_counter() - start:.1f}s", flush=True)
+          f"{tracker.run_id}{registered} in {time.perf_counter() - start:.1f}s", flush=True)
     return summary

@@ -10,11 +10,14 @@ def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
     from ..comparison import build_table, write
+    from ..registry import crown_champions
 
-    table = build_table(params)
-    files = write(table)
     tracker = Tracker(params.mlflow)
-    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])}}
+    champions = crown_champions(tracker.client, params.mlflow)
+    table = build_table(params, champions)
+    files = write(table)
+    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])},
+            **{f"champion.{name}": version for name, version in champions.items()}}
     tracker.start("comparison", tags, {})
     with tracker.finishing():
         tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
