@@ -66,6 +66,11 @@ def archive_md5(archive: Path) -> str:
 @pytest.fixture
 def project(tmp_path: Path, archive: Path, archive_md5: str) -> Path:
     """A copy of the pipeline in a fresh git repo, with the tiny archive in place and tiny params."""
+    return make_project(tmp_path, archive, archive_md5)
+
+
+def make_project(tmp_path: Path, archive: Path, archive_md5: str) -> Path:
+    """The `project` fixture's repo, made in tmp_path/project (for fixtures of a wider scope)."""
     repo = tmp_path / "project"
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
