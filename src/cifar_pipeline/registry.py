@@ -72,10 +72,12 @@ def register_once(client, name: str, run_id: str, model_id: str):
     """The version of `name` registered from this run, creating it only if there is none yet."""
     import mlflow
 
-    existing = retry_locked(lambda: client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'"))
-    if existing:
-        return min(existing, key=lambda v: int(v.version))
-    return retry_locked(lambda: mlflow.register_model(f"models:/{model_id}", name))
+    def once():
+        existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+        return min(existing, key=lambda v: int(v.version)) if existing else \
+            mlflow.register_model(f"models:/{model_id}", name)
+
+    return retry_locked(once)
 
 
 def publish(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray,

@@ -263,10 +263,11 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
 
     start = time.perf_counter()
     example = (trainer.data.val_x[:2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    model = registry.publish(tracker, best_file, classes, example, registry.registered_name(params.mlflow, name))
+    published = registry.publish(tracker, best_file, classes, example, registry.registered_name(params.mlflow, name))
     atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-                                             "tracking_uri": tracker.uri, **model})
-    registered = f", registered as {model['registered_model']} v{model['version']}" if "version" in model else ""
+                                             "tracking_uri": tracker.uri, **published})
+    registered = (f", registered as {published['registered_model']} v{published['version']}"
+                  if "version" in published else "")
     print(f"{paths.STAGES[name]}: logged best model (epoch {summary['best_epoch']}) to MLflow run "
           f"{tracker.run_id}{registered} in {time.perf_counter() - start:.1f}s", flush=True)
     return summary
