@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from pydantic import ValidationError
@@ -125,8 +124,10 @@ class ImageClassifier:
                 probabilities = torch.softmax(self.model(x).float(), dim=1).cpu().numpy()
             yield probabilities
 
-    def frame(self, probabilities: np.ndarray) -> pd.DataFrame:
-        """One row per image: the predicted class name, then one probability column per class."""
+    def frame(self, probabilities: np.ndarray):
+        """A DataFrame, one row per image: the predicted class name, then one probability column per class."""
+        import pandas as pd  # only the MLflow model answers with a DataFrame
+
         table = pd.DataFrame(probabilities, columns=self.classes)
         table.insert(0, CLASS_COLUMN, np.asarray(self.classes)[probabilities.argmax(1)])
         return table
