@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # How long `import mlflow.pytorch` takes on the GPU image, which has pytorch_lightning installed,
-# with and without hiding pytorch_lightning from it (see tracking.import_mlflow_pytorch).
+# with and without hiding pytorch_lightning from it. (The pipeline no longer imports mlflow.pytorch: it logs a
+# pyfunc model from code, see registry.py; this probe is the record behind docs/benchmarks.md.)
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl 2>/dev/null
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH MLFLOW_DISABLE_TELEMETRY=true
 python3 -c "import pytorch_lightning, torchmetrics, transformers; print('lightning', pytorch_lightning.__version__, 'torchmetrics', torchmetrics.__version__, 'transformers', transformers.__version__)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -86,20 +85,3 @@ def test_dvc_exp_run_temp_logs_to_the_main_store(project: Path):
     assert runs[0].data.tags.get("dvc_exp_name") == "one-epoch"
     assert runs[0].data.params["cnn.epochs"] == "1"
     assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
-
-
-@pytest.mark.parametrize("hidden", [True, False])
-def test_mlflow_pytorch_is_imported_without_pytorch_lightning(tmp_path, hidden):
-    # A stand-in pytorch_lightning that records being imported; the real one costs seconds to import.
-    package = tmp_path / "pytorch_lightning"
-    package.mkdir()
-    (package / "__init__.py").write_text("import os\nopen(os.environ['MARKER'], 'w').close()\n")
-    marker = tmp_path / "imported"
-    importer = ("from cifar_pipeline.tracking import import_mlflow_pytorch as load" if hidden
-                else "import importlib; load = lambda: importlib.import_module('mlflow.pytorch')")
-    code = f"{importer}\nmodule = load()\nassert hasattr(module, 'log_model')\n"
-    env = stage_env(MARKER=str(marker))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp_path), env.get("PYTHONPATH")]))
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    assert marker.exists() is not hidden  # without the guard mlflow.pytorch imports it

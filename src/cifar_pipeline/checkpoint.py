@@ -104,6 +104,6 @@ def load_resume(path: Path, key: str) -> dict | None:
     return state
 
 
-def model_file(name: str, model_params: dict, state_dict: dict) -> dict:
-    """What best.pt / last.pt hold: enough to rebuild the model without params.yaml."""
-    return {"arch": name, "params": model_params, "state_dict": state_dict}
+def model_file(name: str, model_params: dict, classes: list[str], state_dict: dict) -> dict:
+    """What best.pt / last.pt hold: enough to rebuild the model and name its classes without params.yaml."""
+    return {"arch": name, "params": model_params, "classes": classes, "state_dict": state_dict}

@@ -10,7 +10,8 @@ from .config import MODELS, Params
 NOTEBOOK_ACCURACY = {"cnn": "89.11 %", "resnet34": "not reported", "resnet18": "91.95 %"}
 TRAIN_KEYS = ("best_val_acc", "epochs", "train_seconds", "images_per_second", "params_trainable", "params_total")
 COLUMNS = ["model", "init", "test_accuracy", "macro_f1", "best_val_acc", "epochs", "train_seconds",
-           "images_per_second", "params_trainable", "params_total", "mlflow_run_id", "notebook_accuracy"]
+           "images_per_second", "params_trainable", "params_total", "mlflow_run_id", "registered_version",
+           "alias", "notebook_accuracy"]
 
 
 def init_label(params: Params, name: str) -> str:
@@ -22,12 +23,23 @@ def init_label(params: Params, name: str) -> str:
     return "random init (resnet18.weights: none)" if cfg.weights == "none" else f"ImageNet {cfg.weights}"
 
 
-def build_table(params: Params) -> pd.DataFrame:
+def registry_cells(run: dict, champions: dict[str, str]) -> dict[str, str]:
+    """This run's registered version, and whether it holds the `champion` alias (else which one does)."""
+    if "version" not in run:
+        return {"registered_version": "not registered", "alias": ""}
+    champion = champions.get(run["registered_model"])
+    alias = "champion" if champion == str(run["version"]) else (f"champion is v{champion}" if champion else "")
+    return {"registered_version": f"{run['registered_model']} v{run['version']}", "alias": alias}
+
+
+def build_table(params: Params, champions: dict[str, str]) -> pd.DataFrame:
+    """champions: registered model name -> the version its `champion` alias points at."""
     rows = []
     for name in MODELS:
         stage = paths.STAGES[name]
         train = paths.read_json(paths.train_summary(name), stage, *TRAIN_KEYS)
         test = paths.read_json(paths.eval_dir(name) / "metrics.json", f"evaluate@{name}", "accuracy", "macro_f1")
+        run = paths.read_json(paths.run_info(name), stage, "run_id")
         rows.append({
             "model": name,
             "init": init_label(params, name),
@@ -39,7 +51,8 @@ def build_table(params: Params) -> pd.DataFrame:
             "images_per_second": train["images_per_second"],
             "params_trainable": train["params_trainable"],
             "params_total": train["params_total"],
-            "mlflow_run_id": paths.read_json(paths.run_info(name), stage, "run_id")["run_id"],
+            "mlflow_run_id": run["run_id"],
+            **registry_cells(run, champions),
             "notebook_accuracy": NOTEBOOK_ACCURACY[name],
         })
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -59,7 +72,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(cell(c, row[c]) for c in table.columns) + " |")
     note = ("\n`notebook_accuracy` is what the seed notebooks reported on the original CIFAR-10 release; "
-            "it is a reference, not a result of this run.\n")
+            "it is a reference, not a result of this run. `alias` marks the registered version that holds "
+            "`champion`: the best validation accuracy among all versions of that model.\n")
     return "# Model comparison\n\n" + "\n".join(lines) + "\n" + note
 
 

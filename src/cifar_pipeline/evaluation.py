@@ -10,32 +10,27 @@ from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays
 from .engine import Settings, explain_oom, predict
-from .errors import DataError, PipelineError
-from .models import build_model
+from .errors import DataError
+from .serving import ModelFileError, build_from_file
 from .tracking import Tracker
 
 
-def load_trained(name: str, params: Params) -> torch.nn.Module:
+def load_trained(name: str) -> torch.nn.Module:
     path = paths.model_dir(name) / "best.pt"
     if not path.is_file():
         raise DataError(f"{path} not found: run `dvc repro {paths.STAGES[name]}` first")
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model = build_model(name, type(params.model(name)).model_validate(saved["params"]), pretrained=False)
-        model.load_state_dict(saved["state_dict"])
-    except PipelineError:
-        raise
-    except Exception as exc:  # truncated zip, random bytes, another model's file: torch raises many types
-        raise DataError(f"{path} is not a loadable {name} model file ({type(exc).__name__}); "
+        return build_from_file(path)[0]
+    except ModelFileError as exc:
+        raise DataError(f"{path} is not a loadable {name} model file ({exc}); "
                         f"run `dvc repro -f {paths.STAGES[name]}` to retrain it") from None
-    return model
 
 
 def evaluate(params: Params, name: str) -> dict:
     run = paths.read_json(paths.run_info(name), paths.STAGES[name], "run_id")
     settings = Settings.resolve(params.runtime)
     paths.check_writable(paths.eval_dir(name))
-    model = load_trained(name, params).to(settings.device)  # broken inputs fail before the store is touched
+    model = load_trained(name).to(settings.device)  # broken inputs fail before the store is touched
     data = load_arrays(paths.DATA)
     tracker = Tracker(params.mlflow)
     if settings.channels_last:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import fcntl
-import importlib
 import os
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -162,20 +160,6 @@ def process_alive(tag: str) -> bool:
     return True
 
 
-def import_mlflow_pytorch():
-    """mlflow.pytorch without pytorch_lightning. Where lightning is installed, mlflow.pytorch imports it
-    (and through it torchmetrics, transformers, matplotlib) only for a Lightning autolog callback: 6.3 s
-    on the GPU image, against 0.01 s without. A None entry in sys.modules makes that import fail, and
-    mlflow skips the callback."""
-    if "mlflow.pytorch" in sys.modules or "pytorch_lightning" in sys.modules:
-        return importlib.import_module("mlflow.pytorch")
-    sys.modules["pytorch_lightning"] = None
-    try:
-        return importlib.import_module("mlflow.pytorch")
-    finally:
-        del sys.modules["pytorch_lightning"]
-
-
 class Tracker:
     """Thin wrapper over MlflowClient for one run; every write retries on a locked SQLite store."""
 
@@ -272,19 +256,12 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
-    def log_torch_model(self, model, name: str, input_example) -> None:
-        import torch
-
-        # Naming the requirement and skipping the serving check avoid two reloads of the model (6 s -> 0.3 s).
-        requirements = [f"torch=={torch.__version__.split('+')[0]}"]
-        mlflow_pytorch = import_mlflow_pytorch()
-
-        def log() -> None:
-            with self.mlflow.start_run(run_id=self.run_id):
-                mlflow_pytorch.log_model(model, name=name, input_example=input_example,
-                                         pip_requirements=requirements, validate_serving_input=False)
-
-        retry_locked(log)
+    def logged_models(self, name: str) -> list:
+        """The run's logged models called `name` (deleted ones excluded), oldest first."""
+        return retry_locked(lambda: self.mlflow.search_logged_models(
+            experiment_ids=[self.experiment_id], output_format="list",
+            filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}'",
+            order_by=[{"field_name": "creation_time", "ascending": True}]))
 
     @contextmanager
     def finishing(self) -> Iterator[None]:

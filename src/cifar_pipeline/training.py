@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic, checkpoint, paths
+from . import atomic, checkpoint, paths, registry
 from .config import Params, load_params
 from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, effective_lrs, explain_oom
@@ -115,23 +115,25 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     if settings.compile:
         use_project_compile_cache()
     # Broken data or too few training images fail before the tracking store is touched.
-    data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
+    arrays = load_arrays(paths.DATA)
+    data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)
     key = resume_key(params, name, settings.device)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
-        return StageRun(params, name, settings, tracker, data, resume_file, key, params_file).run()
+        return StageRun(params, name, settings, tracker, data, list(arrays.classes), resume_file, key,
+                        params_file).run()
 
 
 class StageRun:
     """One execution of a training stage, from start or resume to its outputs."""
 
     def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data: DeviceData,
-                 resume_file: Path, key: str, params_file: Path = paths.PARAMS):
+                 classes: list[str], resume_file: Path, key: str, params_file: Path = paths.PARAMS):
         self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
-        self.data = data
+        self.data, self.classes = data, classes
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
@@ -201,7 +203,8 @@ class StageRun:
                         raise Interrupted(self.trainer.stop_signal, None)
                 self.writer.wait()
                 check_params_unchanged(self.params, self.name, self.params_file)
-                summary = _write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker)
+                summary = _write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker,
+                                         self.classes)
         except Interrupted as stop:
             progress = self.progress
             self._settle_writer()
@@ -279,12 +282,13 @@ def _summary_line(stage: str, r: EpochResult) -> str:
             f"{r.epoch_seconds:.1f}s {r.images_per_second:,.0f} img/s")
 
 
-def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, tracker: Tracker) -> dict:
+def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, tracker: Tracker,
+                   classes: list[str]) -> dict:
     cfg_dump = params.model(name).model_dump()
     out_dir = paths.model_dir(name)
     best_file, last_file = out_dir / "best.pt", out_dir / "last.pt"
-    checkpoint.save(checkpoint.model_file(name, cfg_dump, progress["best_model"]), best_file)
-    checkpoint.save(checkpoint.model_file(name, cfg_dump, to_cpu(trainer.model.state_dict())), last_file)
+    checkpoint.save(checkpoint.model_file(name, cfg_dump, classes, progress["best_model"]), best_file)
+    checkpoint.save(checkpoint.model_file(name, cfg_dump, classes, to_cpu(trainer.model.state_dict())), last_file)
     write_history(progress["history"], paths.history(name))
 
     history = progress["history"]
@@ -298,19 +302,19 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
         **parameter_counts(trainer.model),
     }
     atomic.write_json(paths.train_summary(name), summary)
-    atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-                                             "tracking_uri": tracker.uri})
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
     tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
                          if summary[k] is not None})
 
-    model = trainer.model.to("cpu", memory_format=torch.contiguous_format)
-    model.load_state_dict(progress["best_model"])
     start = time.perf_counter()
-    example = trainer.data.val_x[:2].cpu().numpy()
-    tracker.log_torch_model(model.eval(), "best_model", example)
+    example = (trainer.data.val_x[:2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    published = registry.publish(tracker, best_file, classes, example, registry.registered_name(params.mlflow, name))
+    atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
+                                             "tracking_uri": tracker.uri, **published})
+    registered = (f", registered as {published['registered_model']} v{published['version']}"
+                  if "version" in published else "")
     print(f"{paths.STAGES[name]}: logged best model (epoch {summary['best_epoch']}) to MLflow run "
-          f"{tracker.run_id} in {time.perf_counter() - start:.1f}s", flush=True)
+          f"{tracker.run_id}{registered} in {time.perf_counter() - start:.1f}s", flush=True)
     return summary

@@ -10,12 +10,15 @@ def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
     from ..comparison import build_table, write
+    from ..registry import crown_champions
 
-    table = build_table(params)
     paths.check_writable(paths.REPORTS)
     tracker = Tracker(params.mlflow)  # before writing: a broken store leaves no reports behind
+    champions = crown_champions(tracker.client, params.mlflow)
+    table = build_table(params, champions)
     files = write(table)
-    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])}}
+    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])},
+            **{f"champion.{name}": version for name, version in champions.items()}}
     tracker.start("comparison", tags, {})
     with tracker.finishing():
         tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
