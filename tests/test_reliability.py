@@ -83,7 +83,8 @@ def test_broken_model_file_is_one_error(project, damage):
     write_run_info(project, "cnn")
     cfg = load_params(project / "params.yaml").cnn
     best = project / "models" / "cnn" / "best.pt"
-    torch.save(checkpoint.model_file("cnn", cfg.model_dump(), build_model("cnn", cfg).state_dict()), best)
+    torch.save(checkpoint.model_file("cnn", cfg.model_dump(), [f"class{i}" for i in range(10)],
+                                     build_model("cnn", cfg).state_dict()), best)
     best.write_bytes(best.read_bytes()[:100_000] if damage == "truncate" else os.urandom(100_000))
 
     result = stage("evaluate", "cnn", cwd=project, check=False)
