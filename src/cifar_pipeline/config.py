@@ -60,6 +60,7 @@ class RuntimeParams(Strict):
 class MlflowParams(Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: Annotated[str, Field(min_length=1)] = "cifar10"
+    system_metrics: bool = False
 
 
 class OptimizerParams(Strict):

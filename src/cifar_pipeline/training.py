@@ -23,6 +23,7 @@ from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, explain_oom
 from .models import count_parameters, model_from_params
 from .paths import project_root
+from .run_metadata import EPOCH_METRICS, dataset, model_description, run_name, run_params
 from .tracking import Tracker, base_tags
 
 
@@ -123,6 +124,7 @@ class StageRun:
         self.params, self.name, self.stage = params, name, paths.STAGES[name]
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
+        self.arrays = data
         self.data = DeviceData.split(data, params.data.val_size, params.seed, settings.device)
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
@@ -144,7 +146,7 @@ class StageRun:
             return False
         self.progress = {k: state[k] for k in PROGRESS_KEYS}
         self.tracker.reopen(self.progress["run_id"])
-        self.logged = self.tracker.logged_steps("val_acc")
+        self.logged = self.tracker.logged_steps(EPOCH_METRICS["val_acc"])
         for row in self.progress["history"]:  # epochs checkpointed just before a kill, not yet logged
             self._log_epoch(row)
         within = f" (+{self.progress['partial']['steps']} steps)" if self.progress["partial"] else ""
@@ -157,9 +159,11 @@ class StageRun:
         model = self.trainer.model
         self.progress = {"epoch": 0, "partial": None, "history": [], "best": {"val_acc": -1.0, "epoch": 0},
                          "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
-        tags = {**base_tags(self.stage), "model": self.name}
-        self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
-        self.tracker.log_metrics(parameter_counts(model))
+        tags = {**base_tags(self.stage), "model": self.name,
+                "mlflow.note.content": model_description(self.name, self.stage)}
+        logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
+        self.progress["run_id"] = self.tracker.start(run_name(self.name), tags, logged)
+        self.tracker.log_dataset(dataset(self.params, self.arrays, md5sum(paths.DATA)), "training")
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
 
     def snapshot(self) -> dict:
@@ -172,13 +176,16 @@ class StageRun:
 
     def _log_epoch(self, row: dict) -> None:
         if row["epoch"] not in self.logged:
-            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            self.tracker.log_metrics({EPOCH_METRICS[k]: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
             self.logged.add(row["epoch"])
 
     def run(self) -> dict:
         state = checkpoint.load_resume(self.resume_file, self.key)
-        if state is None or not self._resume(state):
+        resumed = state is not None and self._resume(state)
+        if not resumed:
             self._start()
+        if self.params.mlflow.system_metrics:
+            self.tracker.start_system_metrics(resume=resumed)
         progress = self.progress
         try:
             with self.trainer.stop_on_signals():
@@ -257,7 +264,7 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
-    tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
+    tracker.log_metrics({f"summary/{k}": summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
                          if summary[k] is not None})
 
     model = trainer.model.to("cpu", memory_format=torch.contiguous_format)

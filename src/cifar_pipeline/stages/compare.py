@@ -9,15 +9,18 @@ from ..tracking import Tracker, base_tags
 def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
-    from ..comparison import build_table, write
+    from ..comparison import build_table, read_json, write
+    from ..run_metadata import link_model_runs, run_name
 
     table = build_table(params)
     files = write(table)
     tracker = Tracker(params.mlflow)
-    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])}}
-    tracker.start("comparison", tags, {})
+    runs = {m: read_json(paths.run_info(m)) for m in table["model"]}
+    tags = {**base_tags("compare"), **{f"run_id.{m}": r["run_id"] for m, r in runs.items()},
+            "mlflow.note.content": link_model_runs(tracker, runs)}
+    tracker.start(run_name("comparison"), tags, {})
     with tracker.finishing():
-        tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
+        tracker.log_metrics({f"test_accuracy/{m}": a for m, a in zip(table["model"], table["test_accuracy"])})
         for path in files:
             tracker.log_artifact(path)
     print(paths.REPORTS.joinpath("comparison.md").read_text())
