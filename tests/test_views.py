@@ -148,3 +148,18 @@ def test_mlflow_compare_view_shows_the_confusion_matrices_of_different_models(ex
         assert page.get_by_text(key, exact=True).count() >= 1, key
     screenshot(page, "mlflow-compare.png")
     page.close()
+
+
+def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser):
+    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    [cnn] = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id],
+                               "attributes.run_name = 'cnn-first'")
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.goto(f"{mlflow_ui}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
+              "?workflowType=machine_learning")
+    page.get_by_text("test_per_class", exact=True).wait_for()
+    sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("main").first.inner_text().replace("\n(", " ("),
+                          flags=re.M)
+    assert sections[:4] == ["Train", "Val", "summary", "test"], sections
+    screenshot(page, "mlflow-run-metrics.png")
+    page.close()

@@ -11,11 +11,13 @@ from .tracking import flatten, git_commit, retry_locked
 
 DATASET_NAME = "cifar10"
 
-# History columns (reports/history/*.csv) -> MLflow metric names, grouped by section in MLflow's UI.
+# History columns (reports/history/*.csv) -> MLflow metric names. MLflow's UI groups charts by the part
+# before "/" and orders the groups by code point: capitalised, the per-epoch curves come before the
+# single values (summary/, test/, test_per_class/).
 EPOCH_METRICS = {
-    "train_loss": "train/loss", "train_acc": "train/acc", "lr": "train/lr",
-    "val_loss": "val/loss", "val_acc": "val/acc",
-    "epoch_seconds": "time/epoch_seconds", "images_per_second": "time/images_per_second",
+    "train_loss": "Train/loss", "train_acc": "Train/acc", "lr": "Train/lr",
+    "epoch_seconds": "Train/epoch_seconds", "images_per_second": "Train/images_per_second",
+    "val_loss": "Val/loss", "val_acc": "Val/acc",
 }
 
 
@@ -37,8 +39,8 @@ def with_exp(names: str | None, exp: str) -> str:
 def model_description(name: str, stage: str) -> str:
     exp = os.environ.get("DVC_EXP_NAME")
     where = f"DVC experiment `{exp}` at commit `{git_commit()[:7]}`" if exp else f"commit `{git_commit()[:7]}`"
-    return (f"**{name}**, trained by the DVC stage `{stage}` ({where}). Curves: `train/`, `val/`, `time/` per "
-            f"epoch; `test/` comes from `evaluate@{name}` on the test split and is linked to the logged model.")
+    return (f"**{name}**, trained by the DVC stage `{stage}` ({where}). Curves: `Train/`, `Val/` per epoch; "
+            f"`test/` comes from `evaluate@{name}` on the test split and is linked to the logged model.")
 
 
 def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
