@@ -158,7 +158,7 @@ def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser)
     page.goto(f"{mlflow_ui}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
               "?workflowType=machine_learning")
     page.get_by_text("test_per_class", exact=True).wait_for()
-    sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("main").first.inner_text().replace("\n(", " ("),
+    sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("body").inner_text().replace("\n(", " ("),
                           flags=re.M)
     assert sections[:4] == ["Train", "Val", "summary", "test"], sections
     screenshot(page, "mlflow-run-metrics.png")
