@@ -28,9 +28,8 @@ demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC e
 	  $(DEMO_ARGS)
 	dvc exp show --only-changed --drop 'Created|data/|src/|models/'
 
-ui: $(BIN)/.installed  ## browse the runs in MLflow's "Model training" view
-	@echo "Open http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
-	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db) --host 127.0.0.1 --port 5000
+ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; open the address it prints
+	$(BIN)/python -m cifar_pipeline.ui --port 5000
 
 clean-venv:
 	rm -rf $(VENV)

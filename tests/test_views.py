@@ -1,6 +1,6 @@
 """What a user looks at, opened in headless Chromium: `dvc plots show/diff` with the network blocked, and
-`mlflow ui` on loopback over the store of the two tiny DVC experiments. $VIEWS_SCREENSHOTS, if set, is a
-folder that receives a screenshot of each view (docs/ holds the ones the README shows)."""
+the `mlflow ui` that `make ui` starts on loopback, over the store of the two tiny DVC experiments.
+$VIEWS_SCREENSHOTS, if set, is a folder that receives a screenshot of each view (docs/ holds the README's)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -103,26 +104,28 @@ def wait_for_text(log: Path, pattern: str, proc: subprocess.Popen, timeout: floa
 
 @pytest.fixture(scope="module")
 def mlflow_ui(experiments, tmp_path_factory):
-    """`mlflow ui` on loopback over the experiments' store, as `make ui` starts it; yields its address."""
+    """What `make ui` starts, on a free loopback port; yields the address it prints."""
     project = experiments[0]
-    port = free_port()
     log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", f"sqlite:///{project / 'mlflow.db'}",
-                                 "--host", "127.0.0.1", "--port", str(port)], cwd=project, env=stage_env(),
-                                stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen([sys.executable, "-m", "cifar_pipeline.ui", "--port", str(free_port())], cwd=project,
+                                env=stage_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_text(log, r"Uvicorn running on", proc)
-        yield f"http://127.0.0.1:{port}"
+        wait_for_text(log, r"Application startup complete", proc)  # a worker serves requests
+        yield re.search(r"^Open (\S+)", log.read_text(), flags=re.M).group(1)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
 
 
+def base(address: str) -> str:
+    return address.split("/#/")[0]
+
+
 def test_mlflow_ui_shows_a_model_training_experiment_with_named_runs(mlflow_ui, browser):
     page = browser.new_page(viewport={"width": 1500, "height": 900})
-    page.goto(f"{mlflow_ui}/#/experiments?workflowType=machine_learning")  # the address `make ui` prints
-    page.get_by_role("link", name="cifar10").first.click()
+    assert mlflow_ui.endswith("/runs?workflowType=machine_learning"), mlflow_ui
+    page.goto(mlflow_ui)
     page.get_by_text("cnn-first").first.wait_for()
     sidebar = page.locator("nav").first.inner_text()
     assert "Runs" in sidebar and not [entry for entry in GENAI_ONLY if entry in sidebar], sidebar
@@ -141,7 +144,7 @@ def test_mlflow_compare_view_shows_the_confusion_matrices_of_different_models(ex
     assert sorted(r.data.tags["model"] for r in runs) == sorted(MODELS)
     ids = quote(json.dumps([r.info.run_id for r in runs]))
     page = browser.new_page(viewport={"width": 1500, "height": 900})
-    page.goto(f"{mlflow_ui}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment]))}"
+    page.goto(f"{base(mlflow_ui)}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment]))}"
               "&workflowType=machine_learning")
     page.get_by_text("confusion_matrix.png").first.wait_for()  # listed among the runs' common artifacts
     for key in ["optimizer.lr", "epochs", "test/accuracy"]:  # params and metrics line up across models
@@ -155,7 +158,7 @@ def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser)
     [cnn] = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id],
                                "attributes.run_name = 'cnn-first'")
     page = browser.new_page(viewport={"width": 1500, "height": 900})
-    page.goto(f"{mlflow_ui}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
+    page.goto(f"{base(mlflow_ui)}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
               "?workflowType=machine_learning")
     page.get_by_text("test_per_class", exact=True).wait_for()
     sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("body").inner_text().replace("\n(", " ("),
