@@ -40,6 +40,7 @@ def assert_model_run(client: MlflowClient, r, name: str, project, head: str) -> 
     assert tags["mlflow.source.name"] == f"dvc.yaml:{TRAIN_STAGES[name]}"
     assert tags["mlflow.source.git.commit"] == head and tags["dvc_exp_baseline"] == head
     assert tags["dvc_exp_name"] == "first" and "mlflow.note.content" in tags
+    assert run(["git", "rev-parse", f"{tags['dvc_exp_ref']}^"], project).stdout.strip() == head  # the exp's commit
 
     # Names common to every model; only settings that take effect; the runtime as resolved.
     assert params["model"] == name and params["optimizer.lr"] and params["batch_size"] == "32"

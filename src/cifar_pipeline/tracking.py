@@ -101,14 +101,17 @@ def user() -> str:
 
 def base_tags(stage: str) -> dict[str, str]:
     """Tags every run gets: MLflow's source tags, its DVC stage and, inside `dvc exp run`, the experiment's
-    name (`dvc_exps` also gains the names of later experiments that reuse the run) and baseline commit."""
-    commit = git_commit()
+    name (`dvc_exps` also gains the names of later experiments that reuse the run), its baseline commit and
+    the git ref that DVC gives the experiment's own commit when it finishes."""
     tags = {"stage": stage, "mlflow.source.type": "LOCAL", "mlflow.source.name": f"dvc.yaml:{stage}",
-            "mlflow.source.git.commit": commit, "mlflow.user": user()}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags.update(dvc_exp_name=os.environ["DVC_EXP_NAME"], dvc_exps=os.environ["DVC_EXP_NAME"])
-    if os.environ.get("DVC_EXP_BASELINE_REV"):
-        tags["dvc_exp_baseline"] = os.environ["DVC_EXP_BASELINE_REV"]
+            "mlflow.source.git.commit": git_commit(), "mlflow.user": user()}
+    exp, baseline = os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_EXP_BASELINE_REV")
+    if exp:
+        tags.update(dvc_exp_name=exp, dvc_exps=exp)
+    if baseline:
+        tags["dvc_exp_baseline"] = baseline
+    if exp and baseline:
+        tags["dvc_exp_ref"] = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{exp}"
     return tags
 
 
