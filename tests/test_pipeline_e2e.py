@@ -11,12 +11,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from cifar_pipeline.run_metadata import EPOCH_METRICS
+from cifar_pipeline.run_metadata import epoch_metric
 from conftest import read_params, run, write_params
 
 STAGES = ["download", "train_cnn", "train_resnet34", "finetune_resnet18",
           "evaluate@cnn", "evaluate@resnet34", "evaluate@resnet18", "compare"]
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
+EPOCH_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
 TRAIN_STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
 TEST_METRICS = ["test/accuracy", "test/loss", "test/macro_f1", "test/macro_precision", "test/macro_recall"]
 
@@ -52,7 +53,7 @@ def assert_model_run(client: MlflowClient, r, name: str, project, head: str) -> 
     assert not any(k.startswith(("cnn.", "resnet")) for k in params) and "None" not in params.values()
     assert int(params["params_total"]) >= int(params["params_trainable"]) > 0
 
-    for key in EPOCH_METRICS.values():
+    for key in map(epoch_metric, EPOCH_COLUMNS):
         steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
         assert sorted(steps) == list(range(1, EPOCHS[name] + 1)), (name, key)
 

@@ -15,7 +15,7 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.config import load_params
-from cifar_pipeline.run_metadata import EPOCH_METRICS
+from cifar_pipeline.run_metadata import epoch_metric
 from cifar_pipeline.training import resume_key
 from conftest import read_params, run, stage, stage_env, write_params
 
@@ -64,7 +64,7 @@ def assert_one_complete_run(project) -> None:
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
     for key in ("train_loss", "val_acc", "lr", "epoch_seconds"):
-        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, EPOCH_METRICS[key]))
+        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, epoch_metric(key)))
         assert steps == list(range(1, EPOCHS + 1)), key
 
 

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from cifar_pipeline.config import MlflowParams, RuntimeParams, load_params, parse_params
 from cifar_pipeline.engine import Settings
-from cifar_pipeline.run_metadata import model_params, resolved_runtime, run_name, with_exp
+from cifar_pipeline.run_metadata import epoch_metric, model_params, resolved_runtime, run_name, with_exp
 from cifar_pipeline.tracking import Tracker
 from conftest import ROOT
 from test_params import mutated
@@ -44,6 +44,12 @@ def test_the_runtime_is_logged_as_it_ran():
     assert resolved["device"] == "cpu" and resolved["torch"] == torch.__version__
     assert not any(resolved[k] for k in ("bf16", "channels_last", "cuda_graphs", "compile"))  # CUDA only
     assert "progress" not in resolved and "cudnn_benchmark" not in resolved
+
+
+def test_per_epoch_curves_are_grouped_ahead_of_single_values():
+    names = [epoch_metric(c) for c in ("train_loss", "train_acc", "lr", "epoch_seconds", "val_loss", "val_acc")]
+    assert names == ["Train/loss", "Train/acc", "Train/lr", "Train/epoch_seconds", "Val/loss", "Val/acc"]
+    assert max(n.split("/")[0] for n in names) < min("summary", "test", "test_per_class", "system")
 
 
 def test_run_names_and_dvc_exps_tell_experiments_apart(monkeypatch):

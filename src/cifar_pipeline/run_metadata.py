@@ -11,14 +11,13 @@ from .tracking import flatten, git_commit, retry_locked
 
 DATASET_NAME = "cifar10"
 
-# History columns (reports/history/*.csv) -> MLflow metric names. MLflow's UI groups charts by the part
-# before "/" and orders the groups by code point: capitalised, the per-epoch curves come before the
-# single values (summary/, test/, test_per_class/).
-EPOCH_METRICS = {
-    "train_loss": "Train/loss", "train_acc": "Train/acc", "lr": "Train/lr",
-    "epoch_seconds": "Train/epoch_seconds", "images_per_second": "Train/images_per_second",
-    "val_loss": "Val/loss", "val_acc": "Val/acc",
-}
+def epoch_metric(column: str) -> str:
+    """A history column's MLflow name: `val_*` under `Val/`, the rest under `Train/`. MLflow's UI groups
+    charts by the part before "/" and orders the groups by code point: capitalised, the per-epoch curves
+    come before the single values (summary/, test/, test_per_class/)."""
+    if column.startswith("val_"):
+        return "Val/" + column.removeprefix("val_")
+    return "Train/" + column.removeprefix("train_")
 
 
 def pipeline_label() -> str:

@@ -23,7 +23,7 @@ from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, explain_oom
 from .models import count_parameters, model_from_params
 from .paths import project_root
-from .run_metadata import EPOCH_METRICS, dataset, model_description, run_name, run_params
+from .run_metadata import dataset, epoch_metric, model_description, run_name, run_params
 from .tracking import Tracker, base_tags
 
 
@@ -146,7 +146,7 @@ class StageRun:
             return False
         self.progress = {k: state[k] for k in PROGRESS_KEYS}
         self.tracker.reopen(self.progress["run_id"])
-        self.logged = self.tracker.logged_steps(EPOCH_METRICS["val_acc"])
+        self.logged = self.tracker.logged_steps(epoch_metric("val_acc"))
         for row in self.progress["history"]:  # epochs checkpointed just before a kill, not yet logged
             self._log_epoch(row)
         within = f" (+{self.progress['partial']['steps']} steps)" if self.progress["partial"] else ""
@@ -176,7 +176,8 @@ class StageRun:
 
     def _log_epoch(self, row: dict) -> None:
         if row["epoch"] not in self.logged:
-            self.tracker.log_metrics({EPOCH_METRICS[k]: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            metrics = {epoch_metric(k): v for k, v in row.items() if k != "epoch"}
+            self.tracker.log_metrics(metrics, step=row["epoch"])
             self.logged.add(row["epoch"])
 
     def run(self) -> dict:
@@ -264,8 +265,8 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
-    tracker.log_metrics({f"summary/{k}": summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
-                         if summary[k] is not None})
+    tracker.log_metrics({f"summary/{k}": summary[k] for k in ("best_val_acc", "train_seconds",
+                                                               "first_step_seconds") if summary[k] is not None})
 
     model = trainer.model.to("cpu", memory_format=torch.contiguous_format)
     model.load_state_dict(progress["best_model"])
