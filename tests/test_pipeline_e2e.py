@@ -121,6 +121,9 @@ def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     assert [r["mlflow_run_id"] for r in rows] == [r.info.run_id for r in current]
     dvc_metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert dvc_metrics == {"test_acc": {r["model"]: round(float(r["test_accuracy"]), 4) for r in rows}}
+    shown = run(["dvc", "exp", "show", "--only-changed", "--keep", "test_acc", "--drop", "Created|.*/", "--csv"],
+                project).stdout.splitlines()[0].split(",")  # the README's command
+    assert shown[3:] == ["test_acc.cnn", "test_acc.resnet18", "test_acc.resnet34", "resnet34.optimizer.lr"]
 
 
 @pytest.mark.slow
