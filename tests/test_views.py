@@ -42,6 +42,8 @@ def browser():
 def screenshot(page, name: str) -> None:
     folder = os.environ.get("VIEWS_SCREENSHOTS")
     if folder:
+        for button in page.get_by_role("button", name="Close", exact=True).all():  # MLflow's assistant panel
+            button.click()
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
