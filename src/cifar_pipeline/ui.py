@@ -8,7 +8,7 @@ import os
 
 from . import cli, paths
 from .config import load_params
-from .tracking import resolve_tracking_uri
+from .tracking import check_reachable, resolve_tracking_uri
 
 
 def experiment_url(base: str, experiment_id: str | None) -> str:
@@ -26,6 +26,7 @@ def main() -> None:
     from mlflow import MlflowClient
 
     uri = resolve_tracking_uri(cfg)
+    check_reachable(uri)
     experiment = MlflowClient(uri).get_experiment_by_name(cfg.experiment)
     experiment_id = experiment.experiment_id if experiment else None
     if uri.startswith(("http://", "https://")):  # a tracking server serves its own UI
