@@ -109,6 +109,8 @@ def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     for r in current:
         assert f"runs/{r.info.run_id})" in compared.data.tags["mlflow.note.content"]
     assert {m.split("/")[1] for m in compared.data.metrics} == set(EPOCHS)
+    in_second = client.search_runs([experiment.experiment_id], "tags.dvc_exps LIKE '%second%'")
+    assert {r.info.run_id for r in in_second} == {r.info.run_id for r in [*current, compared]}
 
     weights_file = runs["resnet18"][0].data.params["weights_path"]
     trained = torch.load(project / "models" / "resnet18" / "best.pt", weights_only=True)["state_dict"]
