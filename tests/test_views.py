@@ -44,7 +44,6 @@ def screenshot(page, name: str) -> None:
     if folder:
         for button in page.get_by_role("button", name="Close", exact=True).all():  # MLflow's assistant panel
             button.click()
-        page.wait_for_load_state("networkidle")  # charts drawn
         page.screenshot(path=str(Path(folder) / name), full_page=True)
 
 
