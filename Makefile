@@ -21,17 +21,18 @@ test: $(BIN)/.installed  ## the whole suite, end-to-end runs included
 test-fast: $(BIN)/.installed  ## everything but the slow end-to-end runs
 	$(BIN)/python -m pytest -q -m "not slow"
 
-demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC experiment
-	dvc exp run -n cpu-demo \
+demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC experiment; the workspace stays as it was
+	dvc exp run --temp -n cpu-demo \
 	  -S data.train_limit=2500 -S data.test_limit=1000 -S data.val_size=500 \
 	  -S cnn.epochs=2 -S resnet34.epochs=1 -S resnet18.epochs=1 -S resnet18.image_size=64 \
 	  $(DEMO_ARGS)
+	dvc exp show --only-changed --keep test_acc --drop 'Created|.*/'
 
 recipe: $(BIN)/.installed  ## one named recipe (recipes/$(R).yaml) as a DVC experiment; docs/recipes.md
 	python -m cifar_pipeline.recipes $(R) $(RECIPE_ARGS)
 
-ui: $(BIN)/.installed  ## browse the runs at http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///$(abspath mlflow.db)
+ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; open the address it prints
+	$(BIN)/python -m cifar_pipeline.ui --port 5000
 
 clean-venv:
 	rm -rf $(VENV)

@@ -18,7 +18,8 @@ from torchvision.models import resnet18
 from synthetic import make_archive
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore"]
+PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
+                 ".dvc/plots/models.json", ".dvc/plots/offline.html"]
 
 
 def tiny_params(md5: str) -> dict:
@@ -66,6 +67,17 @@ def archive_md5(archive: Path) -> str:
 @pytest.fixture
 def project(tmp_path: Path, archive: Path, archive_md5: str) -> Path:
     return make_project(tmp_path / "project", archive, archive_md5)
+
+
+@pytest.fixture(scope="session")
+def experiments(tmp_path_factory, archive: Path, archive_md5: str) -> tuple[Path, str, str]:
+    """One tiny project run as two DVC experiments: `first` (every stage), then `second` with a new
+    resnet34 learning rate. Returns the project and both runs' output; shared by the end-to-end and
+    browser tests."""
+    repo = make_project(tmp_path_factory.mktemp("experiments") / "project", archive, archive_md5)
+    first = run(["dvc", "exp", "run", "-n", "first"], repo).stdout
+    second = run(["dvc", "exp", "run", "-n", "second", "-S", "resnet34.optimizer.lr=0.002"], repo).stdout
+    return repo, first, second
 
 
 def make_project(repo: Path, archive: Path, archive_md5: str) -> Path:

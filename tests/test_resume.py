@@ -15,6 +15,7 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.config import load_params
+from cifar_pipeline.run_metadata import epoch_metric
 from cifar_pipeline.training import resume_key
 from conftest import read_params, run, stage, stage_env, write_params
 
@@ -62,7 +63,7 @@ def wait_for_text(proc: subprocess.Popen, pattern: str, timeout: float = 300) ->
 def cnn_runs(project):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cifar10")
-    return client, client.search_runs([experiment.experiment_id], "attributes.run_name = 'cnn'")
+    return client, client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
 
 
 def final_weights(project) -> dict[str, torch.Tensor]:
@@ -74,7 +75,7 @@ def assert_one_complete_run(project) -> None:
     assert len(runs) == 1
     assert runs[0].info.status == "FINISHED"
     for key in ("train_loss", "val_acc", "lr", "epoch_seconds"):
-        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key))
+        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, epoch_metric(key)))
         assert steps == list(range(1, EPOCHS + 1)), key
 
 

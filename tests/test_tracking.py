@@ -81,7 +81,7 @@ def test_dvc_exp_run_temp_logs_to_the_main_store(project: Path):
     run(["dvc", "exp", "run", "--temp", "train_cnn", "-S", "cnn.epochs=1", "-n", "one-epoch"], project)
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
-    assert [r.info.run_name for r in runs] == ["cnn"]
+    assert [(r.info.run_name, r.data.tags["model"]) for r in runs] == [("cnn-one-epoch", "cnn")]
     assert runs[0].data.tags.get("dvc_exp_name") == "one-epoch"
-    assert runs[0].data.params["cnn.epochs"] == "1"
+    assert runs[0].data.params["epochs"] == "1"
     assert not (project / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()

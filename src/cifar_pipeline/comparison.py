@@ -78,7 +78,10 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def write(table: pd.DataFrame) -> tuple:
+    """The table as CSV and Markdown, and each model's test accuracy as DVC's one metrics file."""
     csv_path, md_path = paths.REPORTS / "comparison.csv", paths.REPORTS / "comparison.md"
     atomic.write_text(csv_path, table.to_csv(index=False))
     atomic.write_text(md_path, to_markdown(table))
-    return csv_path, md_path
+    atomic.write_json(paths.METRICS, {"test_acc": {m: round(float(a), 4)
+                                                   for m, a in zip(table["model"], table["test_accuracy"])}})
+    return csv_path, md_path, paths.METRICS

@@ -87,6 +87,7 @@ def tracking_uri_problem(uri: str) -> str | None:
 class MlflowParams(Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: Annotated[str, Field(min_length=1)] = "cifar10"
+    system_metrics: bool = False
     register_models: bool = True
     # letters, digits, '.', '_', '-' only: the name goes into models:/<name>@champion URIs
     registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$")] = "cifar10-"

@@ -8,9 +8,10 @@ import torch
 from . import atomic, metrics, paths, roc
 from .augment import to_unit_float
 from .config import Params
-from .data import load_arrays
+from .data import load_arrays, md5sum
 from .engine import Settings, explain_oom, predict
 from .errors import DataError
+from .run_metadata import dataset
 from .serving import ModelFileError, build_from_file
 from .tracking import Tracker
 
@@ -35,22 +36,22 @@ def evaluate(params: Params, name: str) -> dict:
     tracker = Tracker(params.mlflow)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    tracker.reopen(run["run_id"])
-    with tracker.finishing():
-        result, cm, curves = _test_metrics(model, data, settings, name)
-        out = paths.eval_dir(name)
-        atomic.write_json(out / "metrics.json", result)
-        metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
-        metrics.write_confusion_png(cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}",
-                                    out / "confusion_matrix.png")
-        roc.write_csv(curves, out / "roc.csv")
-        roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
-        flat = {f"test_{k}": v for k, v in result.items() if k != "per_class"}
-        flat.update({f"test_acc_{c}": m["accuracy"] for c, m in result["per_class"].items()})
-        flat.update({f"test_auc_{c}": c_curve["auc"] for c, c_curve in curves.items()})
-        tracker.log_metrics(flat)
-        for file in ("metrics.json", "confusion_matrix.csv", "confusion_matrix.png", "roc.csv", "roc.png"):
-            tracker.log_artifact(out / file, "evaluation")
+    tracker.attach(run["run_id"])  # the run keeps its training status and duration
+    result, cm, curves = _test_metrics(model, data, settings, name)
+    out = paths.eval_dir(name)
+    atomic.write_json(out / "metrics.json", result)
+    metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
+    metrics.write_confusion_png(cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}",
+                                out / "confusion_matrix.png")
+    roc.write_csv(curves, out / "roc.csv")
+    roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
+    test_set = dataset(params, data, md5sum(paths.DATA))
+    tracker.log_model_metrics({f"test/{k}": v for k, v in result.items() if k != "per_class"}, test_set)
+    tracker.log_metrics({**{f"test_per_class/{c}": m["accuracy"] for c, m in result["per_class"].items()},
+                         **{f"test_auc/{c}": curve["auc"] for c, curve in curves.items()}})
+    tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view shows it across runs
+    for file in ("metrics.json", "confusion_matrix.csv", "roc.csv", "roc.png"):
+        tracker.log_artifact(out / file, "evaluation")
     return result
 
 

@@ -11,6 +11,7 @@ PARAMS = Path("params.yaml")
 DATA = Path("data/cifar10.npz")
 MODELS = Path("models")
 REPORTS = Path("reports")
+METRICS = REPORTS / "metrics.json"  # the one file in dvc.yaml's `metrics:`: each model's test accuracy
 RESUME_DIR = Path("state/resume")  # under the project root, never a DVC output
 COMPILE_CACHE_DIR = Path("state/torch_compile")  # torch.compile's on-disk cache, shared by all runs
 GPU_LOCK_DIR = Path("state/gpu_locks")  # one lock per GPU index, held by the process using it

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import getpass
 import os
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,6 +21,7 @@ from .errors import TrackingError
 from .paths import can_create_files_in, project_root
 
 T = TypeVar("T")
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 REACHABILITY_TIMEOUT_S = 5
 LOCK_RETRIES = 8
 PROCESS_TAG = "process"  # host:pid:start time of the process that has the run open
@@ -107,11 +110,26 @@ def git_commit(cwd: Path | None = None) -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
+def user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry, as in some containers
+        return "unknown"
+
+
 def base_tags(stage: str) -> dict[str, str]:
-    """Tags every run gets: its stage, the git commit and, inside `dvc exp run`, the experiment name."""
-    tags = {"stage": stage, "git_commit": git_commit()}
-    if os.environ.get("DVC_EXP_NAME"):
-        tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
+    """Tags every run gets: MLflow's source tags, its DVC stage and, inside `dvc exp run`, the experiment's
+    name (`dvc_exps` also gains the names of later experiments that reuse the run), its baseline commit and
+    the git ref that DVC gives the experiment's own commit when it finishes."""
+    tags = {"stage": stage, "mlflow.source.type": "LOCAL", "mlflow.source.name": f"dvc.yaml:{stage}",
+            "mlflow.source.git.commit": git_commit(), "mlflow.user": user()}
+    exp, baseline = os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_EXP_BASELINE_REV")
+    if exp:
+        tags.update(dvc_exp_name=exp, dvc_exps=exp)
+    if baseline:
+        tags["dvc_exp_baseline"] = baseline
+    if exp and baseline:
+        tags["dvc_exp_ref"] = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{exp}"
     return tags
 
 
@@ -175,6 +193,7 @@ class Tracker:
             self.experiment_id = retry_locked(lambda: self._experiment(cfg.experiment))
         self.run_id: str | None = None
         self.experiment_name = cfg.experiment
+        self.monitor = None
         self.end_orphans()
 
     def end_orphans(self) -> None:
@@ -188,12 +207,17 @@ class Tracker:
                       "is gone", file=sys.stderr)
 
     def _experiment(self, name: str) -> str:
+        """The experiment's id, created if needed, marked as model training (else MLflow's UI opens it in
+        GenAI mode)."""
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
         db = sqlite_path(self.uri)
         location = (db.parent / "mlartifacts").as_uri() if db is not None else None
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
 
     def start(self, run_name: str, tags: dict[str, str], params: Mapping) -> str:
         tags = {**tags, PROCESS_TAG: this_process()}
@@ -210,7 +234,8 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
-    def reopen(self, run_id: str) -> None:
+    def attach(self, run_id: str):
+        """Log into an existing run from here on, leaving its status and end time as they are."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -222,9 +247,7 @@ class Tracker:
                 "or retrain with `dvc repro -f <training stage>`."
             ) from None
         self.run_id = run.info.run_id
-        retry_locked(lambda: self.client.set_tag(run_id, PROCESS_TAG, this_process()))  # before RUNNING: see end_orphans
-        if run.info.status != "RUNNING":
-            retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
+        return run
 
     def resume_problem(self, run_id: str) -> str | None:
         """Why a checkpoint's run can't be continued in this store and experiment; None if it can."""
@@ -239,6 +262,42 @@ class Tracker:
         if run.info.experiment_id != self.experiment_id:
             return f"its MLflow run {run_id} is in another experiment than mlflow.experiment = {self.experiment_name}"
         return None
+
+    def reopen(self, run_id: str) -> None:
+        """Attach to the run and mark it RUNNING again, as this process's (see end_orphans)."""
+        run = self.attach(run_id)
+        retry_locked(lambda: self.client.set_tag(run_id, PROCESS_TAG, this_process()))  # before RUNNING
+        if run.info.status != "RUNNING":
+            retry_locked(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def set_tags(self, tags: Mapping[str, str], run_id: str | None = None) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, v) for k, v in tags.items()]
+        retry_locked(lambda: self.client.log_batch(run_id or self.run_id, tags=items, synchronous=True))
+
+    def log_dataset(self, dataset, context: str) -> None:
+        from mlflow.entities import DatasetInput, InputTag
+
+        entry = DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)])
+        retry_locked(lambda: self.client.log_inputs(self.run_id, datasets=[entry]))
+
+    def log_model_metrics(self, metrics: Mapping[str, float], dataset) -> None:
+        """Metrics of the run's newest logged model on `dataset` (MLflow 3's model-linked metrics, shown
+        in the Models view); plain run metrics if the run logged no model."""
+        found = retry_locked(lambda: self.mlflow.search_logged_models(
+            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1, output_format="list"))
+        model_id = found[0].model_id if found else None
+        retry_locked(lambda: self.mlflow.log_metrics(dict(metrics), run_id=self.run_id, model_id=model_id,
+                                                     dataset=dataset, synchronous=True))
+
+    def start_system_metrics(self, resume: bool) -> None:
+        """CPU, memory, disk and GPU use as `system/*` metrics every 10 s, until the run ends."""
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        self.monitor = SystemMetricsMonitor(self.run_id, resume_logging=resume, tracking_uri=self.uri)
+        self.monitor.start()
 
     def logged_steps(self, key: str) -> set[int]:
         return {m.step for m in retry_locked(lambda: self.client.get_metric_history(self.run_id, key))}
@@ -274,4 +333,7 @@ class Tracker:
         self.end()
 
     def end(self, status: str = "FINISHED") -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+            self.monitor = None
         retry_locked(lambda: self.client.set_terminated(self.run_id, status=status))

@@ -20,11 +20,12 @@ import torch
 
 from . import atomic, checkpoint, paths, registry
 from .config import Params, load_params
-from .data import load_arrays, md5sum
+from .data import Cifar10, load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, effective_lrs, explain_oom
 from .errors import Diverged, ParamsError
 from .models import check_weights_path, count_parameters, model_from_params
 from .paths import check_writable, project_root
+from .run_metadata import dataset, epoch_metric, model_description, run_name, run_params
 from .tracking import Tracker, base_tags, check_reachable, flatten, resolve_tracking_uri
 
 
@@ -121,7 +122,7 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     key = resume_key(params, name, settings.device)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
-        return StageRun(params, name, settings, tracker, data, list(arrays.classes), resume_file, key,
+        return StageRun(params, name, settings, tracker, data, arrays, resume_file, key,
                         params_file).run()
 
 
@@ -129,11 +130,11 @@ class StageRun:
     """One execution of a training stage, from start or resume to its outputs."""
 
     def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data: DeviceData,
-                 classes: list[str], resume_file: Path, key: str, params_file: Path = paths.PARAMS):
+                 arrays: Cifar10, resume_file: Path, key: str, params_file: Path = paths.PARAMS):
         self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
-        self.data, self.classes = data, classes
+        self.data, self.arrays, self.classes = data, arrays, list(arrays.classes)
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
@@ -159,7 +160,7 @@ class StageRun:
             return False
         self.progress = {k: state[k] for k in PROGRESS_KEYS}
         self.tracker.reopen(self.progress["run_id"])
-        self.logged = self.tracker.logged_steps("val_acc")
+        self.logged = self.tracker.logged_steps(epoch_metric("val_acc"))
         for row in self.progress["history"]:  # epochs checkpointed just before a kill, not yet logged
             self._log_epoch(row)
         within = f" (+{self.progress['partial']['steps']} steps)" if self.progress["partial"] else ""
@@ -172,9 +173,12 @@ class StageRun:
         model = self.trainer.model
         self.progress = {"epoch": 0, "partial": None, "history": [], "best": {"val_acc": -1.0, "epoch": 0},
                          "train_seconds": 0.0, "best_model": to_cpu(model.state_dict())}
-        tags = {**base_tags(self.stage), "model": self.name}
-        self.progress["run_id"] = self.tracker.start(self.name, tags, self.params.stage_params(self.name))
-        self.tracker.log_metrics({**parameter_counts(model), **effective_lrs(self.cfg)})
+        tags = {**base_tags(self.stage), "model": self.name,
+                "mlflow.note.content": model_description(self.name, self.stage)}
+        logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
+        self.progress["run_id"] = self.tracker.start(run_name(self.name), tags, logged)
+        self.tracker.log_dataset(dataset(self.params, self.arrays, md5sum(paths.DATA)), "training")
+        self.tracker.log_metrics(effective_lrs(self.cfg))
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
         print(f"{self.stage}: started MLflow run {self.progress['run_id']}", flush=True)
 
@@ -188,14 +192,18 @@ class StageRun:
 
     def _log_epoch(self, row: dict) -> None:
         if row["epoch"] not in self.logged:
-            self.tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+            metrics = {epoch_metric(k): v for k, v in row.items() if k != "epoch"}
+            self.tracker.log_metrics(metrics, step=row["epoch"])
             self.logged.add(row["epoch"])
 
     def run(self) -> dict:
         try:
             state = checkpoint.load_resume(self.resume_file, self.key)
-            if state is None or not self._resume(state):
+            resumed = state is not None and self._resume(state)
+            if not resumed:
                 self._start()
+            if self.params.mlflow.system_metrics:
+                self.tracker.start_system_metrics(resume=resumed)
             with self.trainer.stop_on_signals():
                 for epoch in range(self.progress["epoch"] + 1, self.cfg.epochs + 1):
                     self._epoch(epoch)
@@ -305,8 +313,8 @@ def _write_outputs(params: Params, name: str, trainer: Trainer, progress: dict, 
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
-    tracker.log_metrics({k: summary[k] for k in ("best_val_acc", "train_seconds", "first_step_seconds")
-                         if summary[k] is not None})
+    tracker.log_metrics({f"summary/{k}": summary[k] for k in ("best_val_acc", "train_seconds",
+                                                               "first_step_seconds") if summary[k] is not None})
 
     start = time.perf_counter()
     example = (trainer.data.val_x[:2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

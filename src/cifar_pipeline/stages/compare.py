@@ -11,17 +11,20 @@ def main() -> None:
 
     from ..comparison import build_table, write
     from ..registry import crown_champions
+    from ..run_metadata import link_model_runs, run_name
 
     paths.check_writable(paths.REPORTS)
     tracker = Tracker(params.mlflow)  # before writing: a broken store leaves no reports behind
     champions = crown_champions(tracker.client, params.mlflow)
     table = build_table(params, champions)
     files = write(table)
-    tags = {**base_tags("compare"), **{f"run_id.{m}": r for m, r in zip(table["model"], table["mlflow_run_id"])},
-            **{f"champion.{name}": version for name, version in champions.items()}}
-    tracker.start("comparison", tags, {})
+    runs = {m: paths.read_json(paths.run_info(m), paths.STAGES[m], "run_id") for m in table["model"]}
+    tags = {**base_tags("compare"), **{f"run_id.{m}": r["run_id"] for m, r in runs.items()},
+            **{f"champion.{name}": version for name, version in champions.items()},
+            "mlflow.note.content": link_model_runs(tracker, runs)}
+    tracker.start(run_name("comparison"), tags, {})
     with tracker.finishing():
-        tracker.log_metrics({f"{m}.test_accuracy": a for m, a in zip(table["model"], table["test_accuracy"])})
+        tracker.log_metrics({f"test_accuracy/{m}": a for m, a in zip(table["model"], table["test_accuracy"])})
         for path in files:
             tracker.log_artifact(path)
     print(paths.REPORTS.joinpath("comparison.md").read_text())
