@@ -45,11 +45,11 @@ def test_benchmark_runs_each_recipe_and_seed_as_an_experiment(project, tmp_path)
 
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cifar10")
-    runs = client.search_runs([experiment.experiment_id], "attributes.run_name = 'cnn'")
+    runs = client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
     assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(r["experiment"] for r in rows)
     for r in runs:
-        assert r.data.params["cnn.scheduler.name"] == "onecycle" and r.data.params["cnn.augment.cutout"] == "8"
+        assert r.data.params["scheduler.name"] == "onecycle" and r.data.params["augment.cutout"] == "8"
         assert r.data.metrics["effective_lr"] == pytest.approx(0.1 * 32 / 128)
-        assert 0 <= r.data.metrics["test_macro_auc"] <= 1 and "test_auc_cat" in r.data.metrics
+        assert 0 <= r.data.metrics["test/macro_auc"] <= 1 and "test_auc/cat" in r.data.metrics
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")}
         assert {"evaluation/roc.png", "evaluation/roc.csv"} <= artifacts

@@ -26,7 +26,7 @@ def tracker(tmp_path, monkeypatch) -> Tracker:
 
 def finished_run(tracker: Tracker, val_acc: float, test_acc: float) -> str:
     tracker.start("cnn", {}, {})
-    tracker.log_metrics({"best_val_acc": val_acc, "test_accuracy": test_acc})
+    tracker.log_metrics({"summary/best_val_acc": val_acc, "test/accuracy": test_acc})
     tracker.end()
     return tracker.run_id
 

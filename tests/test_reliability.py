@@ -182,7 +182,7 @@ def test_resume_into_another_store_or_experiment_starts_a_fresh_run(small, chang
     uri = store(small) if "mlflow.experiment" in change else f"sqlite:///{small / 'other.db'}"
     new = runs_in(uri, change.get("mlflow.experiment", "cifar10"))
     assert [r.info.status for r in new] == ["FINISHED"] and new[0].info.run_id != old[0].info.run_id
-    steps = [m.step for m in MlflowClient(uri).get_metric_history(new[0].info.run_id, "val_acc")]
+    steps = [m.step for m in MlflowClient(uri).get_metric_history(new[0].info.run_id, "Val/acc")]
     assert sorted(steps) == [1, 2, 3]
     info = json.loads((small / "models" / "cnn" / "mlflow_run.json").read_text())
     assert info["run_id"] == new[0].info.run_id and info["experiment_id"] == new[0].info.experiment_id

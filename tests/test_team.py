@@ -20,12 +20,15 @@ from conftest import make_project, read_params, run, stage_env, write_params
 from team_servers import S3_CREDENTIALS, mlflow_server, postgres, s3_server
 from test_resume import wait_for_line
 
+from cifar_pipeline.run_metadata import epoch_metric
+
 pytestmark = pytest.mark.slow
 
 BUCKET = "team"
 UI_HOST = "mlflow.team.test"
 EPOCHS = {"cnn": 3, "resnet34": 1, "resnet18": 1}
-EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
+EPOCH_METRICS = [epoch_metric(c) for c in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
+                                           "images_per_second")]
 
 
 @dataclass
@@ -70,7 +73,7 @@ def bucket_keys(servers: Servers, prefix: str) -> set[str]:
 
 def cnn_run_ids(client) -> list[str]:
     experiment = client.get_experiment_by_name("cifar10")
-    return [r.info.run_id for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'cnn'")]
+    return [r.info.run_id for r in client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")]
 
 
 @pytest.fixture(scope="module")
@@ -111,21 +114,22 @@ def test_killed_stage_resumes_its_server_run_and_everything_reads_back(servers, 
     experiment = client.get_experiment_by_name("cifar10")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied: clients need no S3 access
     runs = client.search_runs([experiment.experiment_id])
-    by_name = {name: [r for r in runs if r.info.run_name == name] for name in [*EPOCHS, "comparison"]}
-    assert {name: len(found) for name, found in by_name.items()} == {**dict.fromkeys(EPOCHS, 1), "comparison": 1}
+    by_name = {name: [r for r in runs if r.data.tags.get("model", r.data.tags["stage"]) == name]
+               for name in [*EPOCHS, "compare"]}
+    assert {name: len(found) for name, found in by_name.items()} == {**dict.fromkeys(EPOCHS, 1), "compare": 1}
     assert by_name["cnn"][0].info.run_id == tracked.killed_run_id
 
     for name, epochs in EPOCHS.items():
         r = by_name[name][0]
         assert r.info.status == "FINISHED", name
-        assert r.data.params["seed"] == "42" and r.data.params[f"{name}.epochs"] == str(epochs)
+        assert r.data.params["seed"] == "42" and r.data.params["epochs"] == str(epochs)
         for key in EPOCH_METRICS:
             steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (name, key, steps)
-        assert 0.0 <= r.data.metrics["test_accuracy"] <= 1.0  # evaluate logged into the same run
-        artifacts = {a.path for folder in ("checkpoints", "evaluation")
+        assert 0.0 <= r.data.metrics["test/accuracy"] <= 1.0  # evaluate logged into the same run
+        artifacts = {a.path for folder in (None, "checkpoints", "evaluation")
                      for a in client.list_artifacts(r.info.run_id, folder)}
-        assert {"checkpoints/best.pt", "checkpoints/last.pt", "evaluation/confusion_matrix.png"} <= artifacts
+        assert {"checkpoints/best.pt", "checkpoints/last.pt", "confusion_matrix.png", "evaluation/metrics.json"} <= artifacts
         mlflow.set_tracking_uri(servers.tracking_uri)
         models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                              filter_string=f"source_run_id = '{r.info.run_id}'")
@@ -194,14 +198,14 @@ def test_queued_experiments_run_in_parallel_against_the_server(servers, tracked)
 
     client = MlflowClient(servers.tracking_uri)
     experiment = client.get_experiment_by_name("cifar10")
-    runs = [r for r in client.search_runs([experiment.experiment_id], "attributes.run_name = 'cnn'")
+    runs = [r for r in client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
             if "dvc_exp_name" in r.data.tags]
-    assert sorted(r.data.params["cnn.optimizer.lr"] for r in runs) == ["0.002", "0.003"]
+    assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.002", "0.003"]
     for r in runs:
         assert r.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "Val/acc")]
         assert steps == [1], steps
-        assert "test_accuracy" in r.data.metrics
+        assert "test/accuracy" in r.data.metrics
     first, second = sorted(runs, key=lambda r: r.info.start_time)
     assert second.info.start_time < first.info.end_time, "the two queued experiments did not overlap"
 

@@ -21,7 +21,7 @@ MODEL_NAME = "best_model"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pydantic", "pyyaml")
 CHAMPION = "champion"
-SELECTION_METRIC = "best_val_acc"  # the champion is chosen on validation accuracy, never on the test set
+SELECTION_METRIC = "summary/best_val_acc"  # the champion is chosen on validation accuracy, never on the test set
 
 
 def registered_name(cfg: MlflowParams, model: str) -> str | None:

@@ -61,13 +61,19 @@ def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
     return resolved
 
 
+SCHEDULER_KEYS = {"step_size": "step", "gamma": "step", "pct_start": "onecycle", "div_factor": "onecycle",
+                  "final_div_factor": "onecycle", "warmup_epochs": "warmup_cosine"}
+
+
 def model_params(params: Params, name: str) -> dict[str, object]:
     """The model section under names common to all models, without settings that have no effect."""
     cfg = params.model(name).model_dump()
     if cfg["optimizer"]["name"] != "sgd":
-        del cfg["optimizer"]["momentum"]
-    if cfg["scheduler"]["name"] != "step":
-        del cfg["scheduler"]["step_size"], cfg["scheduler"]["gamma"]
+        del cfg["optimizer"]["momentum"], cfg["optimizer"]["nesterov"]
+    scheduler = cfg["scheduler"]
+    for key, used_by in SCHEDULER_KEYS.items():
+        if scheduler["name"] != used_by:
+            del scheduler[key]
     if name == "resnet18":
         del cfg["weights" if cfg["weights_path"] else "weights_path"]
     return flatten(cfg)
