@@ -19,7 +19,8 @@ STAGES = ["download", "train_cnn", "train_resnet34", "finetune_resnet18",
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
 EPOCH_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
 TRAIN_STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
-TEST_METRICS = ["test/accuracy", "test/loss", "test/macro_f1", "test/macro_precision", "test/macro_recall"]
+TEST_METRICS = ["test/accuracy", "test/loss", "test/macro_auc", "test/macro_f1", "test/macro_precision",
+                "test/macro_recall"]
 
 
 def ran(stdout: str) -> set[str]:

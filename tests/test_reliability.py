@@ -220,7 +220,7 @@ def test_run_orphaned_by_sigkill_is_marked_killed_by_the_next_start(small):
 
     result = stage("train", "cnn", cwd=small)
 
-    assert f"marked MLflow run {orphan.info.run_id} (cnn) KILLED" in result.stderr
+    assert f"marked MLflow run {orphan.info.run_id} ({orphan.info.run_name}) KILLED" in result.stderr
     statuses = {r.info.run_id: r.info.status for r in runs_in(store(small))}
     assert statuses.pop(orphan.info.run_id) == "KILLED"
     assert list(statuses.values()) == ["FINISHED"]

@@ -76,7 +76,7 @@ def model_params(params: Params, name: str) -> dict[str, object]:
             del scheduler[key]
     if name == "resnet18":
         del cfg["weights" if cfg["weights_path"] else "weights_path"]
-    return flatten(cfg)
+    return {k: v for k, v in flatten(cfg).items() if v is not None}  # an unset option has no effect
 
 
 def run_params(params: Params, name: str, settings, counts: dict[str, int]) -> dict[str, object]:
