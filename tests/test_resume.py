@@ -15,6 +15,7 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.config import load_params
+from cifar_pipeline.data import md5sum
 from cifar_pipeline.run_metadata import epoch_metric
 from cifar_pipeline.training import resume_key
 from conftest import read_params, run, stage, stage_env, write_params
@@ -149,12 +150,12 @@ def test_changed_params_never_resume_an_old_run(resumable):
     assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
 
 
-def test_corrupt_checkpoint_warns_and_starts_fresh(resumable, monkeypatch):
+def test_corrupt_checkpoint_warns_and_starts_fresh(resumable):
     params = read_params(resumable)
     params["cnn"]["epochs"] = 1
     write_params(resumable, params)
-    monkeypatch.chdir(resumable)  # resume_key reads the prepared data relative to the project root
-    key = resume_key(load_params(resumable / "params.yaml"), "cnn", torch.device("cpu"))
+    key = resume_key(load_params(resumable / "params.yaml"), "cnn", torch.device("cpu"),
+                     md5sum(resumable / "data" / "cifar10.npz"))
     bad = resumable / "state" / "resume" / f"train_cnn-{key}.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PK\x03\x04 truncated")

@@ -20,7 +20,7 @@ import torch
 
 from . import atomic, checkpoint, paths, registry
 from .config import Params, load_params
-from .data import Cifar10, load_arrays, md5sum
+from .data import load_arrays, md5sum
 from .engine import DeviceData, EpochResult, Interrupted, Settings, Trainer, effective_lrs, explain_oom
 from .errors import Diverged, ParamsError
 from .models import check_weights_path, count_parameters, model_from_params
@@ -89,9 +89,9 @@ def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
     return dict(zip(("params_trainable", "params_total"), count_parameters(model)))
 
 
-def resume_key(params: Params, name: str, device: torch.device) -> str:
+def resume_key(params: Params, name: str, device: torch.device, data_md5: str) -> str:
     """Covers the params, the prepared data and the device: a checkpoint made under any other is ignored."""
-    return f"{params.stage_key(name)}-{md5sum(paths.DATA)[:8]}-{device.type}"
+    return f"{params.stage_key(name)}-{data_md5[:8]}-{device.type}"
 
 
 def use_project_compile_cache() -> None:
@@ -119,22 +119,23 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     arrays = load_arrays(paths.DATA)
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)
-    key = resume_key(params, name, settings.device)
+    data_md5 = md5sum(paths.DATA)
+    key = resume_key(params, name, settings.device, data_md5)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
-        return StageRun(params, name, settings, tracker, data, arrays, resume_file, key,
-                        params_file).run()
+        return StageRun(params, name, settings, tracker, data, dataset(params, arrays, data_md5),
+                        list(arrays.classes), resume_file, key, params_file).run()
 
 
 class StageRun:
     """One execution of a training stage, from start or resume to its outputs."""
 
     def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data: DeviceData,
-                 arrays: Cifar10, resume_file: Path, key: str, params_file: Path = paths.PARAMS):
+                 training_set, classes: list[str], resume_file: Path, key: str, params_file: Path = paths.PARAMS):
         self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file, self.key = settings, tracker, resume_file, key
-        self.data, self.arrays, self.classes = data, arrays, list(arrays.classes)
+        self.data, self.training_set, self.classes = data, training_set, classes
         self.writer = BackgroundWriter()
         self.logged: set[int] = set()
 
@@ -177,7 +178,7 @@ class StageRun:
                 "mlflow.note.content": model_description(self.name, self.stage)}
         logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
         self.progress["run_id"] = self.tracker.start(run_name(self.name), tags, logged)
-        self.tracker.log_dataset(dataset(self.params, self.arrays, md5sum(paths.DATA)), "training")
+        self.tracker.log_dataset(self.training_set, "training")
         self.tracker.log_metrics(effective_lrs(self.cfg))
         checkpoint.save(self.snapshot(), self.resume_file)  # from here on a kill resumes this run
         print(f"{self.stage}: started MLflow run {self.progress['run_id']}", flush=True)
