@@ -30,7 +30,7 @@ def mutated(path: str, value: object) -> dict:
 
 
 # The recipes' switches, all off in params.yaml (tests/test_recipe_params.py checks that they are).
-RECIPE_SWITCHES = {"label_smoothing": True, "width": True, "extra_convs": True, "arch": True, "stem": True,
+RECIPE_SWITCHES = {"label_smoothing": True, "tta": True, "width": True, "extra_convs": True, "arch": True, "stem": True,
                    "backbone_lr": True, "optimizer": {"nesterov", "reference_batch_size"},
                    "scheduler": {"pct_start", "div_factor", "final_div_factor", "warmup_epochs"},
                    "augment": {"rotation", "cutout"}}
