@@ -3,15 +3,11 @@ and bf16 inference against fp32. Marked `cuda`; skipped where torch sees no CUDA
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 import pytest
 import torch
 
-from cifar_pipeline import checkpoint
 from cifar_pipeline.config import load_params
-from cifar_pipeline.errors import Interrupted
 from cifar_pipeline.loader import DeviceData
 from cifar_pipeline.optim import current_lr
 from cifar_pipeline.recipes import merged
@@ -19,7 +15,7 @@ from cifar_pipeline.runtime import Settings, predict
 from cifar_pipeline.trainer import build_trainer
 from conftest import ROOT
 from synthetic import make_images
-from test_recipe_features import Recording, lrs_per_step
+from test_recipe_features import lrs_per_step, stop_and_restore
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -88,29 +84,14 @@ def test_a_mid_epoch_resume_with_cuda_graphs_gives_the_same_weights(optimizer):
     schedule match an uninterrupted run."""
     params = tiny_params(epochs=3, augment={"crop_padding": 4, "hflip": True, "cutout": 8}, **OPTIMIZERS[optimizer])
     data = device_data(32, 8)
-    reference = build_trainer(params, "cnn", settings(True), data)
+
+    def make():
+        return build_trainer(params, "cnn", settings(True), data)
+
+    reference = make()
     lrs_per_step(reference, 3)
-
-    first = build_trainer(params, "cnn", settings(True), data)
-    first.train_epoch(1)
-
-    def stop_after_two(calls: int) -> None:
-        if calls == 2:
-            first.stop_signal = signal.SIGTERM
-
-    Recording(first, after=stop_after_two)
-    with pytest.raises(Interrupted) as stop:
-        first.train_epoch(2)
-    saved, rng = checkpoint.to_cpu(first.state()), checkpoint.rng_state()
-    cursor = stop.value.cursor
+    resumed, cursor = stop_and_restore(make(), make)
     assert (cursor.epoch, cursor.steps) == (2, 2)
-    del first
-    torch.manual_seed(1234)  # a new process starts elsewhere
-    torch.cuda.manual_seed_all(1234)
-
-    resumed = build_trainer(params, "cnn", settings(True), data)
-    resumed.load_state(saved)
-    checkpoint.set_rng_state(rng)
     resumed.train_epoch(2, resume=cursor)
     resumed.train_epoch(3)
     assert resumed.step.graph is not None

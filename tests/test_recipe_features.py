@@ -214,18 +214,10 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_of_the_training_loss():
 
 # --- resume -----------------------------------------------------------------------------------------
 
-def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
-    """Stop after 2 steps of epoch 2, restore a fresh trainer from the saved state (as training.py does
-    from the resume checkpoint), finish: weights, optimizer and schedule match an uninterrupted run."""
-    setup = dict(n_train=32, epochs=3, width=0.25, label_smoothing=0.1,
-                 optimizer={"name": "sgd", "lr": 0.05, "nesterov": True},
-                 scheduler={"name": "onecycle"},
-                 augment={"crop_padding": 4, "hflip": True, "rotation": 10, "cutout": 8})
-
-    reference = make_trainer("cnn", **setup)
-    lrs = lrs_per_step(reference, 3)
-
-    first = make_trainer("cnn", **setup)
+def stop_and_restore(first, make) -> tuple:
+    """Train `first` for an epoch and 2 steps of the next, stopped there by a SIGTERM as training.py is;
+    then a fresh trainer from make(), restored from the saved state as training.py does from the resume
+    checkpoint. Returns it and the Interrupted's cursor."""
     first.train_epoch(1)
 
     def stop_after_two(calls: int) -> None:
@@ -237,11 +229,24 @@ def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
         first.train_epoch(2)
     saved, rng = checkpoint.to_cpu(first.state()), checkpoint.rng_state()
     torch.manual_seed(1234)  # a new process starts elsewhere
-
-    resumed = make_trainer("cnn", **setup)
+    resumed = make()
     resumed.load_state(saved)
     checkpoint.set_rng_state(rng)
-    cursor = stop.value.cursor
+    return resumed, stop.value.cursor
+
+
+def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
+    """Stop after 2 steps of epoch 2, restore a fresh trainer from the saved state (as training.py does
+    from the resume checkpoint), finish: weights, optimizer and schedule match an uninterrupted run."""
+    setup = dict(n_train=32, epochs=3, width=0.25, label_smoothing=0.1,
+                 optimizer={"name": "sgd", "lr": 0.05, "nesterov": True},
+                 scheduler={"name": "onecycle"},
+                 augment={"crop_padding": 4, "hflip": True, "rotation": 10, "cutout": 8})
+
+    reference = make_trainer("cnn", **setup)
+    lrs = lrs_per_step(reference, 3)
+
+    resumed, cursor = stop_and_restore(make_trainer("cnn", **setup), lambda: make_trainer("cnn", **setup))
     assert cursor.steps == 2 and resumed.scheduler.last_epoch == 4 + 2
     result = resumed.train_epoch(2, resume=cursor)
     assert result.lr == pytest.approx(lrs[4])  # the lr at the start of epoch 2, not at the stop
