@@ -50,10 +50,11 @@ class Trainer:
     def train_epoch(self, epoch: int, resume: EpochCursor | None = None) -> EpochResult:
         """One epoch; `resume` (from Interrupted.cursor) finishes an interrupted one."""
         start = time.perf_counter()
-        lr, earlier_seconds, done, sums = optim.current_lr(self.optimizer), 0.0, 0, (0.0, 0)  # lr: at the start
-        if resume is not None:
-            lr, earlier_seconds, done, sums = resume.lr, resume.seconds, resume.steps, (resume.loss_sum, resume.correct)
+        done = resume.steps if resume else 0
         start_state, batches = self.loader.epoch(resume.generator if resume else None, done)
+        lr, earlier_seconds, sums = optim.current_lr(self.optimizer), 0.0, (0.0, 0)  # the lr logged: at the start
+        if resume is not None:
+            lr, earlier_seconds, sums = resume.lr, resume.seconds, (resume.loss_sum, resume.correct)
         self.model.train()
         self.step.reset(*sums)
         steps = self.loader.steps
