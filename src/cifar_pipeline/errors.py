@@ -1,5 +1,7 @@
 """Errors a user can fix; the stage CLIs print their message after `error:`, with no traceback."""
 
+import signal
+
 
 class PipelineError(RuntimeError):
     """Base class: the message names the cause and the fix."""
@@ -38,8 +40,6 @@ class Interrupted(Exception):
     `cursor` (a progress.EpochCursor) is where in an epoch training stopped; None at an epoch's end."""
 
     def __init__(self, signum: int, cursor=None):
-        import signal
-
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
         self.cursor = cursor

@@ -31,6 +31,8 @@ def seed_everything(seed: int) -> None:
 
 
 class Trainer:
+    """A model with its optimizer, schedule, step and loader (build one with build_trainer)."""
+
     def __init__(self, name: str, model: nn.Module, cfg: ModelParams, settings: Settings, loader: Loader,
                  optimizer: torch.optim.Optimizer, scheduler: optim.Scheduler, step: TrainStep):
         self.name, self.model, self.cfg, self.settings, self.loader = name, model, cfg, settings, loader
