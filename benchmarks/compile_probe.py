@@ -1,5 +1,5 @@
-"""Does torch.compile pay for a model's training? Trains one model with the engine for its default
-epochs (no DVC, no MLflow) with runtime.compile on or off, and prints one JSON line: the first full
+"""Does torch.compile pay for a model's training? Trains one model with the project's trainer for its
+default epochs (no DVC, no MLflow) with runtime.compile on or off, and prints one JSON line: the first full
 step (warm-up, compile, graph capture), the first and the median later epoch, and the total.
 Run it twice with compile on to see the effect of the on-disk cache in state/torch_compile.
 
@@ -13,14 +13,12 @@ import json
 import statistics
 import time
 
-import torch
-
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
 from cifar_pipeline.data import load_arrays
-from cifar_pipeline.engine import DeviceData, Settings, Trainer
-from cifar_pipeline.models import model_from_params
-from cifar_pipeline.training import use_project_compile_cache
+from cifar_pipeline.loader import DeviceData
+from cifar_pipeline.runtime import Settings
+from cifar_pipeline.trainer import build_trainer
 
 
 def main() -> None:
@@ -34,13 +32,9 @@ def main() -> None:
     params = params.model_copy(update={"runtime": params.runtime.model_copy(update={"compile": bool(args.compile)})})
     settings = Settings.resolve(params.runtime)
     settings.progress = False
-    if settings.compile:
-        use_project_compile_cache()
     device_data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
-    torch.manual_seed(params.seed)
     cfg = params.model(args.model)
-    trainer = Trainer(args.model, model_from_params(params, args.model, pretrained=False), cfg, settings,
-                      device_data, torch.Generator(device=settings.device).manual_seed(params.seed))
+    trainer = build_trainer(params, args.model, settings, device_data)
     setup_s = time.perf_counter() - start
     epochs = [trainer.train_epoch(e) for e in range(1, (args.epochs or cfg.epochs) + 1)]
     print(json.dumps({

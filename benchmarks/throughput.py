@@ -1,6 +1,6 @@
 """Training throughput per model, three ways, measured in one process:
 
-- project: the pipeline's own epoch (device-resident data, batched augmentation, the engine's step);
+- project: the pipeline's own epoch (device-resident data, batched augmentation, the trainer's step);
 - floor:   the same step replayed on one pre-made device batch (no data handling at all);
 - dataloader: the seed notebooks' way (torchvision DataLoader, PIL transforms, 2 workers, fp32 eager).
 
@@ -25,9 +25,10 @@ from torchvision import transforms
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_params
 from cifar_pipeline.data import load_arrays, split_indices
-from cifar_pipeline.engine import DeviceData, Settings, Trainer, synchronize
+from cifar_pipeline.loader import DeviceData
 from cifar_pipeline.models import model_from_params
-from cifar_pipeline.training import use_project_compile_cache
+from cifar_pipeline.runtime import Settings, synchronize
+from cifar_pipeline.trainer import Trainer, build_trainer
 
 FLOOR_STEPS = 300
 DATALOADER_WARMUP, DATALOADER_STEPS = 20, 150
@@ -124,20 +125,15 @@ def main() -> None:
     settings = Settings.resolve(params.runtime)
     device = settings.device
     settings.progress = False
-    if settings.compile:
-        use_project_compile_cache()
     data = load_arrays(args.data)
     device_data = DeviceData.split(data, params.data.val_size, params.seed, device)
     train_idx, _ = split_indices(len(data.train_y), params.data.val_size, params.seed)  # for the DataLoader
     results = {}
     for name in args.models:
         cfg = params.model(name)
-        torch.manual_seed(params.seed)
-        gen = torch.Generator(device=device).manual_seed(params.seed)
-        trainer = Trainer(name, model_from_params(params, name, pretrained=False), cfg, settings, device_data, gen)
+        trainer = build_trainer(params, name, settings, device_data)
         row = project_img_per_s(trainer)
-        floor_trainer = Trainer(name, model_from_params(params, name, pretrained=False), cfg, settings,
-                                device_data, gen)
+        floor_trainer = build_trainer(params, name, settings, device_data)
         row["floor_img_per_s"] = floor_img_per_s(floor_trainer, cfg.batch_size)
         del trainer, floor_trainer
         if not args.skip_dataloader:

@@ -19,8 +19,9 @@ import torch
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
 from cifar_pipeline.data import load_arrays
-from cifar_pipeline.engine import DeviceData, Settings, Trainer, pick_device
-from cifar_pipeline.models import model_from_params
+from cifar_pipeline.loader import DeviceData
+from cifar_pipeline.runtime import Settings, configure_backends, pick_device
+from cifar_pipeline.trainer import build_trainer
 
 from throughput import floor_img_per_s
 
@@ -34,18 +35,14 @@ def main() -> None:
 
     params = load_params(paths.PARAMS)
     device = pick_device("cuda")
-    torch.backends.cudnn.benchmark = bool(args.cudnn_benchmark)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    configure_backends(deterministic=False, cudnn_benchmark=bool(args.cudnn_benchmark))
     data = load_arrays(paths.DATA)
     device_data = DeviceData.split(data, params.data.val_size, params.seed, device)
     cfg = params.model(args.model)
     rows = []
     for bf16, channels_last in product((True, False), (True, False)):
         settings = Settings(device, bf16, channels_last, True, False, params.runtime.eval_batch_size, False)
-        torch.manual_seed(params.seed)
-        model = model_from_params(params, args.model, pretrained=False)
-        gen = torch.Generator(device=device).manual_seed(params.seed)
-        trainer = Trainer(args.model, model, cfg, settings, device_data, gen)
+        trainer = build_trainer(params, args.model, settings, device_data)
         start = time.perf_counter()
         trainer.train_epoch(1)
         first_s = time.perf_counter() - start
@@ -57,7 +54,7 @@ def main() -> None:
                "val_acc_after_2": round(second.val_acc, 4)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-        del trainer, model
+        del trainer
         torch.cuda.empty_cache()
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1))

@@ -1,4 +1,4 @@
-"""The training engine on CPU: the odd batch sizes and optimizers the GPU defaults never meet."""
+"""The trainer on CPU: the odd batch sizes and optimizers the GPU defaults never meet."""
 
 from __future__ import annotations
 
@@ -11,24 +11,23 @@ import torch
 from torch._dynamo.utils import counters
 
 from cifar_pipeline.config import RuntimeParams, load_params
-from cifar_pipeline.engine import DeviceData, Settings, Trainer
-from cifar_pipeline.models import model_from_params
+from cifar_pipeline.loader import DeviceData
+from cifar_pipeline.runtime import Settings
+from cifar_pipeline.trainer import Trainer, build_trainer
 from conftest import ROOT
 
 
 def tiny_trainer(name: str, n_train: int, compile: bool = False, **model_updates) -> Trainer:
     params = load_params(ROOT / "params.yaml")
     cfg = params.model(name).model_copy(update={"batch_size": 8, **model_updates})
-    params = params.model_copy(update={name: cfg})
+    params = params.model_copy(update={name: cfg, "seed": 0})
     torch.manual_seed(0)
     images = torch.randint(0, 256, (n_train + 8, 32, 32, 3), dtype=torch.uint8).numpy()
     labels = torch.randint(0, 10, (n_train + 8,)).numpy()
     data = DeviceData.from_numpy(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
                                  torch.device("cpu"))
     settings = Settings(torch.device("cpu"), False, False, False, compile, 64, False)
-    torch.manual_seed(0)
-    return Trainer(name, model_from_params(params, name, pretrained=False), cfg, settings, data,
-                   torch.Generator().manual_seed(0))
+    return build_trainer(params, name, settings, data)
 
 
 def test_a_last_batch_of_one_image_is_dropped_not_fatal():
@@ -75,7 +74,7 @@ def test_compile_cache_lives_at_the_project_root_unless_the_user_chose_one(tmp_p
     if user_dir:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / user_dir)
     code = ("import torch\n"  # torch fills the variable with its /tmp default on import
-            "from cifar_pipeline.training import use_project_compile_cache\n"
+            "from cifar_pipeline.environment import use_project_compile_cache\n"
             "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
             "use_project_compile_cache()\nprint(cache_dir())")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,

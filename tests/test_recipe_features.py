@@ -14,10 +14,10 @@ import yaml
 from cifar_pipeline import checkpoint
 from cifar_pipeline.augment import augment, cutout, random_rotation, rotate
 from cifar_pipeline.config import AugmentParams, load_params
-from cifar_pipeline.engine import Interrupted, current_lr
+from cifar_pipeline.errors import Interrupted
 from cifar_pipeline.models import SeedCNN, build_model
+from cifar_pipeline.optim import current_lr
 from cifar_pipeline.recipes import merged
-from cifar_pipeline.training import to_cpu
 from conftest import ROOT
 from test_engine import tiny_trainer
 
@@ -214,6 +214,27 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_of_the_training_loss():
 
 # --- resume -----------------------------------------------------------------------------------------
 
+def stop_and_restore(first, make) -> tuple:
+    """Train `first` for an epoch and 2 steps of the next, stopped there by a SIGTERM as training.py is;
+    then a fresh trainer from make(), restored from the saved state as training.py does from the resume
+    checkpoint. Returns it and the Interrupted's cursor."""
+    first.train_epoch(1)
+
+    def stop_after_two(calls: int) -> None:
+        if calls == 2:
+            first.stop_signal = signal.SIGTERM
+
+    Recording(first, after=stop_after_two)
+    with pytest.raises(Interrupted) as stop:
+        first.train_epoch(2)
+    saved, rng = checkpoint.to_cpu(first.state()), checkpoint.rng_state()
+    torch.manual_seed(1234)  # a new process starts elsewhere
+    resumed = make()
+    resumed.load_state(saved)
+    checkpoint.set_rng_state(rng)
+    return resumed, stop.value.cursor
+
+
 def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
     """Stop after 2 steps of epoch 2, restore a fresh trainer from the saved state (as training.py does
     from the resume checkpoint), finish: weights, optimizer and schedule match an uninterrupted run."""
@@ -225,25 +246,9 @@ def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
     reference = make_trainer("cnn", **setup)
     lrs = lrs_per_step(reference, 3)
 
-    first = make_trainer("cnn", **setup)
-    first.train_epoch(1)
-
-    def stop_after_two(calls: int) -> None:
-        if calls == 2:
-            first.stop_signal = signal.SIGTERM
-
-    Recording(first, after=stop_after_two)
-    with pytest.raises(Interrupted) as stop:
-        first.train_epoch(2)
-    saved, rng = to_cpu(first.state()), checkpoint.rng_state()
-    torch.manual_seed(1234)  # a new process starts elsewhere
-
-    resumed = make_trainer("cnn", **setup)
-    resumed.load_state(saved)
-    checkpoint.set_rng_state(rng)
-    partial = stop.value.partial
-    assert partial["steps"] == 2 and resumed.scheduler.last_epoch == 4 + 2
-    result = resumed.train_epoch(2, resume=partial)
+    resumed, cursor = stop_and_restore(make_trainer("cnn", **setup), lambda: make_trainer("cnn", **setup))
+    assert cursor.steps == 2 and resumed.scheduler.last_epoch == 4 + 2
+    result = resumed.train_epoch(2, resume=cursor)
     assert result.lr == pytest.approx(lrs[4])  # the lr at the start of epoch 2, not at the stop
     resumed.train_epoch(3)
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
@@ -269,31 +274,3 @@ def test_every_recipe_trains_a_short_epoch_on_the_cpu(recipe):
     assert math.isfinite(result.train_loss) and 0 <= result.val_acc <= 1
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
 
-
-# --- CUDA graphs (skipped without a GPU) -------------------------------------------------------------
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_fused_sgd_with_a_per_step_schedule_replays_in_a_cuda_graph_as_it_runs_eagerly(monkeypatch):
-    from cifar_pipeline.engine import DeviceData, Settings, Trainer
-    from cifar_pipeline.models import model_from_params
-
-    device = torch.device("cuda")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # TF32 alone moved weights 7 % apart
-    section = cfg("cnn", width=0.25, batch_size=8, epochs=2, dropout=0.0, label_smoothing=0.1,
-                  optimizer={"name": "sgd", "lr": 0.05, "nesterov": True}, scheduler={"name": "onecycle"})
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (40, 32, 32, 3), dtype=torch.uint8).numpy()
-    labels = torch.randint(0, 10, (40,)).numpy()
-    data = DeviceData.from_numpy(images[:32], labels[:32], images[32:], labels[32:], device)
-    runs = {}
-    for graphs in (False, True):
-        torch.manual_seed(0)
-        model = model_from_params(PARAMS.model_copy(update={"cnn": section}), "cnn", pretrained=False)
-        settings = Settings(device, False, False, graphs, False, 64, False)
-        trainer = Trainer("cnn", model, section, settings, data, torch.Generator(device=device).manual_seed(0))
-        runs[graphs] = (lrs_per_step(trainer, 2), trainer)
-    assert runs[True][1].step.graph is not None and runs[False][1].step.graph is None
-    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-6)  # the same OneCycle lrs, read from the tensor
-    eager, graphed = (dict(runs[g][1].model.named_parameters()) for g in (False, True))
-    for name in eager:  # kernels differ between eager and graphed runs: 0.24 % apart after 8 steps on an H200
-        assert (eager[name] - graphed[name]).abs().max() <= 1e-2 * eager[name].abs().max(), name

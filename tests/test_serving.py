@@ -21,7 +21,7 @@ from PIL import Image
 
 from cifar_pipeline.augment import to_unit_float
 from cifar_pipeline.config import load_params
-from cifar_pipeline.engine import Settings, predict
+from cifar_pipeline.runtime import Settings, predict
 from cifar_pipeline.evaluation import load_trained
 from conftest import make_project, run, stage_env
 from test_bad_input import free_port

@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.config import MlflowParams
-from cifar_pipeline.engine import explain_oom
+from cifar_pipeline.runtime import explain_oom
 from cifar_pipeline.errors import TrainingError
 from cifar_pipeline.paths import project_root
 from cifar_pipeline.tracking import flatten, resolve_tracking_uri

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-
-UMASK = os.umask(0)  # read once at import: changing it later would race with writer threads
-os.umask(UMASK)
 
 
 @contextmanager
@@ -19,14 +15,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in the target's folder; on success it replaces the target, else it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _new_temp_file(target)
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:
             os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~UMASK)  # mkstemp makes 0600; give the usual mode
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -45,3 +38,16 @@ def write_text(target: str | Path, text: str) -> Path:
 
 def write_json(target: str | Path, obj: object) -> Path:
     return write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _new_temp_file(target: Path) -> Path:
+    """A new empty file beside target, created with mode 0666 less the umask (as open() makes files;
+    tempfile.mkstemp would make it 0600, and reading the umask means changing it)."""
+    while True:
+        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path

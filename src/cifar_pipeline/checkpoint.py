@@ -18,6 +18,17 @@ from . import atomic
 RESUME_FORMAT = 1
 
 
+def to_cpu(obj):
+    """Deep copy of a (nested) state with every tensor on the CPU."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
 def save(obj: dict, path: Path) -> None:
     atomic.write_with(path, lambda tmp: torch.save(obj, tmp))
 

@@ -7,20 +7,26 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import PipelineError
+from .errors import Interrupted, PipelineError
 
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, what a shell reports for Ctrl-C
 
 
-def run(main: Callable[[], None]) -> None:
+def run(main: Callable[[], int | None]) -> None:
+    """Run an entry point and own its exit status: main's return code, 2 for a PipelineError, 128 + the
+    signal's number when a signal stopped it (as a shell reports it)."""
     try:
-        main()
+        code = main()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+    except Interrupted as stop:  # the work saved what it could and said so
+        raise SystemExit(128 + stop.signum) from None
     except KeyboardInterrupt:  # Ctrl-C outside training's own handler (imports, start-up, evaluation)
         print("interrupted by SIGINT; no output was published. Rerun the stage.", file=sys.stderr)
         raise SystemExit(INTERRUPTED_EXIT) from None
+    if code:
+        raise SystemExit(code)
 
 
 def parse_stage_args(description: str, per_model: bool) -> tuple:

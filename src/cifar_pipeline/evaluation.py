@@ -9,7 +9,7 @@ from . import atomic, metrics, paths, roc
 from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays, md5sum
-from .engine import Settings, explain_oom, predict
+from .runtime import Settings, explain_oom, predict
 from .errors import DataError
 from .run_metadata import dataset
 from .serving import ModelFileError, build_from_file

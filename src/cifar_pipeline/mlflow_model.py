@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 from mlflow.pyfunc import PythonModel
 
-from cifar_pipeline.engine import pick_device
+from cifar_pipeline.runtime import pick_device
 from cifar_pipeline.serving import MODEL_FILE_ARTIFACT, ImageClassifier, ImageInputError
 
 

@@ -127,7 +127,7 @@ def tracking_uri(given: str | None) -> str:
 
 def load_classifier(model: str, device_choice: str, store: str | None):
     """The ImageClassifier behind a model file, a model folder or an MLflow model URI."""
-    from .engine import pick_device
+    from .runtime import pick_device
     from .serving import ImageClassifier
 
     device = pick_device(device_choice)

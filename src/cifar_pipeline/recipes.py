@@ -74,18 +74,18 @@ def load(name: str, root: Path = Path(".")) -> Recipe:
     return Recipe(name, models[0], changes)
 
 
-def main() -> None:
+def main() -> int:
+    """Print (and unless --print, run) the recipe's command; returns its exit status."""
     args = sys.argv[1:]
     if not args or args[0] in ("-h", "--help"):
         print(__doc__.strip(), "\n\nrecipes:", ", ".join(available(Path("."))))
-        return
+        return 0
     name, extra = args[0], args[1:]
     show = "--print" in extra
     recipe = load(name)
     command = recipe.command([a for a in extra if a != "--print"])
     print(" ".join(command), flush=True)
-    if not show:
-        raise SystemExit(subprocess.run(command).returncode)
+    return 0 if show else subprocess.run(command).returncode
 
 
 if __name__ == "__main__":
