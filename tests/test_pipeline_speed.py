@@ -64,7 +64,8 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
 
 @pytest.mark.slow
 def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path, archive, archive_md5):
-    tiny = {"data.md5": archive_md5, "data.val_size": 100, "runtime.device": "cpu", "runtime.progress": False,
+    tiny = {"data.md5": archive_md5, "data.train_limit": 200, "data.test_limit": 100, "data.val_size": 50,
+            "runtime.device": "cpu", "runtime.progress": False,
             "cnn.epochs": 1, "cnn.batch_size": 32, "resnet34.epochs": 1, "resnet34.batch_size": 32,
             "resnet18.epochs": 1, "resnet18.batch_size": 32, "resnet18.image_size": 32,
             "resnet18.weights": "none"}
@@ -72,7 +73,7 @@ def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path,
     results = tmp_path / "results.json"
     out = tmp_path / "out"
     run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--archive", str(archive), "--out", str(out),
-         "--record", "--results", str(results), *overrides], ROOT)
+         "--record", "--results", str(results), *overrides], ROOT, timeout=3600)
 
     result = json.loads((out / "pipeline.json").read_text())
     expected = [name for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()
