@@ -6,18 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, run, stage_env
 from synthetic import members, write_archive
+
 from cifar_pipeline.data import read_archive
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-import pipeline  # noqa: E402
+import pipeline
 
 COMPARE_IMPORTS = """
 import sys

@@ -33,7 +33,8 @@ def signature(classes: list[str]):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
-    from .serving import CLASS_COLUMN  # torch: only training logs models, so compare never loads it
+    # serving loads torch: imported here, where training logs a model, so compare never loads it
+    from .serving import CLASS_COLUMN
 
     outputs = Schema([ColSpec("string", CLASS_COLUMN), *(ColSpec("float", c) for c in classes)])
     return ModelSignature(inputs=None, outputs=outputs)
@@ -41,8 +42,8 @@ def signature(classes: list[str]):
 
 def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray) -> str:
     """Log the pyfunc model into the tracker's run and experiment; returns its model id."""
-    from mlflow.models import Model
     import mlflow.pyfunc
+    from mlflow.models import Model
 
     from .serving import MODEL_FILE_ARTIFACT
 
