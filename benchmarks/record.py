@@ -57,13 +57,18 @@ def main() -> None:
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
 
-    previous = json.loads(args.results.read_text()) if args.results.exists() else None
     entry = run_entry(args)
+    push_run(args.results, entry)
+    print(json.dumps(entry, indent=2))
+
+
+def push_run(results: Path, entry: dict) -> None:
+    """entry becomes the newest run of results.json; the run that was newest moves into `history`."""
+    previous = json.loads(results.read_text()) if results.exists() else None
     history = []
     if previous:
         history = [{k: v for k, v in previous.items() if k != "history"}, *previous.get("history", [])]
-    atomic.write_json(args.results, {**entry, "history": history})
-    print(json.dumps(entry, indent=2))
+    atomic.write_json(results, {**entry, "history": history})
 
 
 if __name__ == "__main__":

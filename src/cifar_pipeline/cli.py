@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,9 @@ def run(main: Callable[[], int | None]) -> None:
     signal's number when a signal stopped it (as a shell reports it)."""
     try:
         code = main()
+        # Done: spare the interpreter's garbage collections over every torch and MLflow object at exit
+        # (2-3 s); objects are still freed, only the search for reference cycles among them is skipped.
+        gc.freeze()
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

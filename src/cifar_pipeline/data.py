@@ -73,14 +73,7 @@ def _copy_stream(response, tmp: Path) -> None:
         shutil.copyfileobj(response, out)
 
 
-def _unpickle(tar: tarfile.TarFile, name: str, archive: Path) -> dict:
-    try:
-        member = tar.getmember(f"{BATCH_DIR}/{name}")
-    except KeyError:
-        raise DataError(f"{archive} has no member {BATCH_DIR}/{name}: it is not a complete CIFAR-10 archive") from None
-    fh = tar.extractfile(member)
-    if fh is None:
-        raise DataError(f"{archive}: {BATCH_DIR}/{name} is not a file")
+def _unpickle(fh, name: str, archive: Path) -> dict:
     with fh:
         try:
             batch = pickle.load(fh, encoding="bytes")
@@ -89,6 +82,26 @@ def _unpickle(tar: tarfile.TarFile, name: str, archive: Path) -> dict:
     if not isinstance(batch, dict):
         raise DataError(f"{archive}: {BATCH_DIR}/{name} holds a {type(batch).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _read_members(archive: Path) -> dict[str, dict]:
+    """The unpickled batches, read in one streaming pass: a random-access .tar.gz read decompresses the
+    archive again on every backward seek."""
+    wanted = {f"{BATCH_DIR}/{name}": name for name in (META_MEMBER, *TRAIN_MEMBERS, TEST_MEMBER)}
+    found: dict[str, dict] = {}
+    with tarfile.open(archive, "r|gz") as tar:
+        for member in tar:
+            name = wanted.get(member.name)
+            if name is None:
+                continue
+            fh = tar.extractfile(member)
+            if fh is None:
+                raise DataError(f"{archive}: {member.name} is not a file")
+            found[name] = _unpickle(fh, name, archive)
+    for path, name in wanted.items():
+        if name not in found:
+            raise DataError(f"{archive} has no member {path}: it is not a complete CIFAR-10 archive")
+    return found
 
 
 def _batch_arrays(batch: dict, name: str, archive: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -107,16 +120,15 @@ def _batch_arrays(batch: dict, name: str, archive: Path) -> tuple[np.ndarray, np
 def read_archive(archive: Path) -> Cifar10:
     """Parse the official python-pickle layout into arrays; any defect raises DataError."""
     try:
-        with tarfile.open(archive, "r:gz") as tar:
-            meta = _unpickle(tar, META_MEMBER, archive)
-            parts = [_batch_arrays(_unpickle(tar, m, archive), m, archive) for m in TRAIN_MEMBERS]
-            test_x, test_y = _batch_arrays(_unpickle(tar, TEST_MEMBER, archive), TEST_MEMBER, archive)
+        batches = _read_members(archive)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise DataError(
             f"{archive} is not a readable cifar-10-python.tar.gz ({type(exc).__name__}: {exc}). "
             "Delete it and download it again."
         ) from None
-    classes = [c.decode() if isinstance(c, bytes) else c for c in meta.get("label_names", [])]
+    parts = [_batch_arrays(batches[m], m, archive) for m in TRAIN_MEMBERS]
+    test_x, test_y = _batch_arrays(batches[TEST_MEMBER], TEST_MEMBER, archive)
+    classes = [c.decode() if isinstance(c, bytes) else c for c in batches[META_MEMBER].get("label_names", [])]
     if len(classes) != 10:
         raise DataError(f"{archive}: batches.meta lists {len(classes)} class names, expected 10")
     return Cifar10(

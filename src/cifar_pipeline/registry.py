@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 
 from .config import MODELS, MlflowParams
-from .serving import CLASS_COLUMN, MODEL_FILE_ARTIFACT
 from .tracking import Tracker, retry_locked
 
 MODEL_NAME = "best_model"
@@ -34,14 +33,19 @@ def signature(classes: list[str]):
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema
 
+    # serving loads torch: imported here, where training logs a model, so compare never loads it
+    from .serving import CLASS_COLUMN
+
     outputs = Schema([ColSpec("string", CLASS_COLUMN), *(ColSpec("float", c) for c in classes)])
     return ModelSignature(inputs=None, outputs=outputs)
 
 
 def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray) -> str:
     """Log the pyfunc model into the tracker's run and experiment; returns its model id."""
-    from mlflow.models import Model
     import mlflow.pyfunc
+    from mlflow.models import Model
+
+    from .serving import MODEL_FILE_ARTIFACT
 
     client, run_id = tracker.client, tracker.run_id
     params = retry_locked(lambda: client.get_run(run_id)).data.params
