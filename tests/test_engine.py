@@ -13,7 +13,7 @@ from torch._dynamo.utils import counters
 from cifar_pipeline.config import RuntimeParams, load_params
 from cifar_pipeline.engine import DeviceData, Settings, Trainer
 from cifar_pipeline.models import model_from_params
-from conftest import ROOT
+from helpers.project import ROOT
 
 
 def tiny_trainer(name: str, n_train: int, compile: bool = False, **model_updates) -> Trainer:
