@@ -34,8 +34,11 @@ def test_sigterm_mid_epoch_under_onecycle_resumes_exactly(resumable, tmp_path): 
     reference = tmp_path / "reference"
     shutil.copytree(resumable, reference, symlinks=True)
     stage("train", "cnn", cwd=reference)
+    params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun ("epoch 1:" comes before that)
+    write_params(resumable, params)
 
-    out = sigterm_after([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable, r"epoch 1:")
+    out = sigterm_after([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable, r"cnn epoch 2/",
+                        raw=True)
     assert re.search(r"checkpoint at epoch 2, step \d+", out), out
 
     rerun = stage("train", "cnn", cwd=resumable)

@@ -80,13 +80,13 @@ def wait_for_text(proc: subprocess.Popen, pattern: str, timeout: float = 300) ->
     return seen
 
 
-def sigterm_after(cmd: list[str], cwd, pattern: str) -> str:
-    """Start cmd, send it SIGTERM once it prints a line matching pattern, and check that it exits with
-    128 + SIGTERM; returns all it printed."""
+def sigterm_after(cmd: list[str], cwd, pattern: str, raw: bool = False) -> str:
+    """Start cmd, send it SIGTERM once it prints a line matching pattern (raw: anywhere in its output,
+    e.g. a progress bar), and check that it exits with 128 + SIGTERM; returns all it printed."""
     proc = start_in_own_group(cmd, cwd)
-    seen = wait_for_line(proc, pattern)
+    seen = wait_for_text(proc, pattern) if raw else "".join(wait_for_line(proc, pattern))
     proc.send_signal(signal.SIGTERM)
-    out = "".join(seen) + proc.communicate(timeout=120)[0]
+    out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     return out
 
