@@ -183,3 +183,18 @@ def test_state_dict_that_does_not_fit_resnet18(params, tmp_path, random_resnet18
     torch.save(state, path)
     with pytest.raises(WeightsError, match="do not fit torchvision's resnet18"):
         build_model("resnet18", r18_cfg(params, weights_path=str(path)))
+
+
+def test_flip_tta_averages_an_image_and_its_mirror_at_inference_only(params):
+    seed_cfg = params.cnn.model_copy(update={"dropout": 0.0})
+    plain = build_model("cnn", seed_cfg)
+    tta = build_model("cnn", seed_cfg.model_copy(update={"tta": "flip"}))
+    tta.load_state_dict(plain.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    plain.eval(), tta.eval()
+    with torch.no_grad():
+        by_hand = ((plain(x).softmax(1) + plain(x.flip(3)).softmax(1)) / 2).log()
+        torch.testing.assert_close(tta(x), by_hand)
+        torch.testing.assert_close(tta(x.flip(3)), tta(x))  # a mirrored image gets the same answer
+        plain.train(), tta.train()
+        torch.testing.assert_close(tta(x), plain(x))  # training sees single images, as without TTA

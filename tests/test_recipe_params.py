@@ -24,6 +24,7 @@ def test_every_switch_is_off_in_params_yaml():
         assert cfg.label_smoothing == 0 and cfg.lr_scale() == 1.0
         assert not cfg.optimizer.nesterov and cfg.optimizer.reference_batch_size is None
         assert cfg.augment.rotation == 0 and cfg.augment.cutout == 0
+        assert cfg.tta == "none"
         assert cfg.scheduler.name in ("none", "step")
     assert (p.cnn.width, p.cnn.extra_convs) == (1.0, 0)
     assert (p.resnet34.arch, p.resnet34.stem) == ("pipeline", "imagenet")
@@ -37,6 +38,7 @@ def test_every_switch_is_off_in_params_yaml():
     ("cnn.augment.cutout", -1, "cnn.augment.cutout must be >= 0, got -1"),
     ("cnn.augment.rotation", 181, "cnn.augment.rotation must be <= 180, got 181"),
     ("cnn.width", 0, "cnn.width must be > 0, got 0"),
+    ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none' or 'flip', got 'rotate'"),
     ("cnn.extra_convs", 5, "cnn.extra_convs must be <= 4, got 5"),
     ("resnet34.stem", "tiny", "resnet34.stem must be one of 'imagenet' or 'cifar', got 'tiny'"),
     ("resnet34.arch", "timm", "resnet34.arch must be one of 'pipeline' or 'torchvision', got 'timm'"),

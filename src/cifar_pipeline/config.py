@@ -160,6 +160,7 @@ class ModelParams(Strict):
     augment: AugmentParams = AugmentParams()
     normalize: NormalizeParams = NormalizeParams()
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training loss only
+    tta: Literal["none", "flip"] = "none"  # inference (validation, test, serving): flip = average with the mirror image
 
     @model_validator(mode="after")
     def _warmup_within_training(self) -> ModelParams:

@@ -32,13 +32,20 @@ class Preprocess(nn.Module):
 
 
 class Classifier(nn.Module):
-    def __init__(self, preprocess: Preprocess, net: nn.Module):
+    """preprocess -> net. With flip_tta, inference (eval mode) averages the class probabilities of each image
+    and its mirror image and returns their log, which works as logits; training is unchanged."""
+
+    def __init__(self, preprocess: Preprocess, net: nn.Module, flip_tta: bool = False):
         super().__init__()
         self.preprocess = preprocess
         self.net = net
+        self.flip_tta = flip_tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.preprocess(x))
+        if self.training or not self.flip_tta:
+            return self.net(self.preprocess(x))
+        plain, mirrored = self.net(self.preprocess(torch.cat([x, x.flip(3)]))).float().chunk(2)
+        return ((plain.softmax(1) + mirrored.softmax(1)) / 2).log()
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -216,7 +223,7 @@ def build_model(name: str, cfg: ModelParams, *, pretrained: bool = True) -> Clas
         size = cfg.image_size
     else:
         raise ValueError(f"unknown model {name!r}")
-    return Classifier(Preprocess(cfg.normalize.mean, cfg.normalize.std, size), net)
+    return Classifier(Preprocess(cfg.normalize.mean, cfg.normalize.std, size), net, flip_tta=cfg.tta == "flip")
 
 
 def model_from_params(params: Params, name: str, *, pretrained: bool = True) -> Classifier:
