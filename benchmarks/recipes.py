@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from cifar_pipeline import atomic, cli, paths
@@ -94,7 +94,7 @@ def environment(argv: list[str], extra: list[str]) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
             "gpu": torch.cuda.get_device_name(0) if cuda else None, "machine": platform.node(),
             "torch": torch.__version__, "commit": git("rev-parse", "HEAD"),
             "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
@@ -112,7 +112,7 @@ def main() -> None:
     recipes = [load(name) for name in args.recipes]  # every recipe checked before the first run
     extra = [a for o in args.overrides for a in ("-S", o)]
     env = environment(sys.argv, args.overrides)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     for recipe in recipes:

@@ -13,8 +13,8 @@ from cifar_pipeline.optim import current_lr
 from cifar_pipeline.recipes import merged
 from cifar_pipeline.runtime import Settings, predict
 from cifar_pipeline.trainer import build_trainer
-from conftest import ROOT
-from synthetic import make_images
+from helpers.project import ROOT
+from helpers.data import make_images
 from test_recipe_features import lrs_per_step, stop_and_restore
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import read_params, stage, write_params
-from synthetic import CLASSES, members, write_archive
 from cifar_pipeline.data import fetch_archive, first_n, load_arrays, read_archive, split_indices
 from cifar_pipeline.errors import DataError
+from helpers.data import CLASSES, members, write_archive
+from helpers.processes import stage
+from helpers.project import read_params, write_params
 
 PER_BATCH = 20
 
@@ -34,7 +35,7 @@ def test_reads_official_layout(tmp_path, batches):
     # pixel [i, y, x, c] is row i at c*1024 + y*32 + x: R, G, B planes of 32x32, row-major
     i, y, x, c = np.indices(data.train_x.shape)
     assert np.array_equal(data.train_x, rows[i, c * 1024 + y * 32 + x])
-    assert data.train_y.tolist() == sum((batches[f"data_batch_{b}"]["labels"] for b in range(1, 6)), [])
+    assert data.train_y.tolist() == [y for b in range(1, 6) for y in batches[f"data_batch_{b}"]["labels"]]
     assert data.train_y.dtype == np.int64
 
     i, y, x, c = np.indices(data.test_x.shape)
@@ -89,7 +90,7 @@ def test_wrong_array_shape(tmp_path, batches):
 def test_labels_out_of_range(tmp_path, batches):
     batches["test_batch"]["labels"][5] = 10
     path = write_archive(tmp_path / "c.tar.gz", batches)
-    with pytest.raises(DataError, match="test_batch has labels outside 0..9"):
+    with pytest.raises(DataError, match=r"test_batch has labels outside 0\.\.9"):
         read_archive(path)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers.project import ROOT
 
 PACKAGE = "cifar_pipeline"
 SRC = ROOT / "src"

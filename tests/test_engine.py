@@ -14,7 +14,7 @@ from cifar_pipeline.config import RuntimeParams, load_params
 from cifar_pipeline.loader import DeviceData
 from cifar_pipeline.runtime import Settings
 from cifar_pipeline.trainer import Trainer, build_trainer
-from conftest import ROOT
+from helpers.project import ROOT
 
 
 def tiny_trainer(name: str, n_train: int, compile: bool = False, **model_updates) -> Trainer:

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 from cifar_pipeline import atomic
-from conftest import ROOT
+from helpers.project import ROOT
 
 # In a fresh interpreter: import what the package's modules import at their top level, note the process
 # state, import every module of the package, and report what changed. mlflow_model.py is left out: MLflow

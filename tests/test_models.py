@@ -12,8 +12,14 @@ from torchvision.models import ResNet18_Weights, resnet18
 
 from cifar_pipeline.config import load_params
 from cifar_pipeline.errors import WeightsError
-from cifar_pipeline.models import (ResidualUnit, SeedCNN, build_model, count_parameters, imagenet_state_dict,
-                                   model_from_params)
+from cifar_pipeline.models import (
+    ResidualUnit,
+    SeedCNN,
+    build_model,
+    count_parameters,
+    imagenet_state_dict,
+    model_from_params,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,7 +86,7 @@ def test_resnet34_stages_and_skips(params):
     assert isinstance(net.stem[3], nn.MaxPool2d) and (net.stem[3].kernel_size, net.stem[3].stride) == (3, 2)
 
     assert [len(s) for s in net.stages] == [3, 4, 6, 3]
-    for i, (stage, width) in enumerate(zip(net.stages, [64, 128, 256, 512])):
+    for i, (stage, width) in enumerate(zip(net.stages, [64, 128, 256, 512], strict=True)):
         for u, unit in enumerate(stage):
             assert isinstance(unit, ResidualUnit)
             assert [unit.main[0].out_channels, unit.main[3].out_channels] == [width, width]

@@ -12,7 +12,8 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.run_metadata import epoch_metric
-from conftest import read_params, run, write_params
+from helpers.processes import run
+from helpers.project import read_params, write_params
 
 STAGES = ["download", "train_cnn", "train_resnet34", "finetune_resnet18",
           "evaluate@cnn", "evaluate@resnet34", "evaluate@resnet18", "compare"]

@@ -10,8 +10,9 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, run, stage_env
-from synthetic import members, write_archive
+from helpers.processes import run, stage_env
+from helpers.project import ROOT
+from helpers.data import members, write_archive
 
 from cifar_pipeline.data import read_archive
 

@@ -14,8 +14,8 @@ from PIL import Image
 from cifar_pipeline import checkpoint, cli, predict
 from cifar_pipeline.config import CnnParams, Resnet34Params
 from cifar_pipeline.models import build_model
-from conftest import random_resnet18_weights
-from synthetic import CLASSES
+from helpers.data import CLASSES
+from helpers.project import random_resnet18_weights
 
 
 def model_file(path, weights=None):

@@ -18,7 +18,7 @@ from cifar_pipeline.errors import Interrupted
 from cifar_pipeline.models import SeedCNN, build_model
 from cifar_pipeline.optim import current_lr
 from cifar_pipeline.recipes import merged
-from conftest import ROOT
+from helpers.project import ROOT
 from test_engine import tiny_trainer
 
 PARAMS = load_params(ROOT / "params.yaml")
@@ -41,7 +41,7 @@ def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
     zero = out[:, 0] == 0
     assert torch.equal(zero, (out == 0).all(1))  # all channels together
     rows, cols = zero.any(2), zero.any(1)
-    for r, c, z in zip(rows, cols, zero):
+    for r, c, z in zip(rows, cols, zero, strict=True):
         assert torch.equal(z, r[:, None] & c[None, :])  # a rectangle ...
         height, width = int(r.sum()), int(c.sum())
         assert 4 <= height <= 8 and 4 <= width <= 8  # ... of side 8, cut by the border at most to half
@@ -251,7 +251,7 @@ def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
     result = resumed.train_epoch(2, resume=cursor)
     assert result.lr == pytest.approx(lrs[4])  # the lr at the start of epoch 2, not at the stop
     resumed.train_epoch(3)
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert resumed.scheduler.last_epoch == reference.scheduler.last_epoch == 12
     assert current_lr(resumed.optimizer) == current_lr(reference.optimizer)
@@ -272,5 +272,5 @@ def test_every_recipe_trains_a_short_epoch_on_the_cpu(recipe):
     before = [p.detach().clone() for p in trainer.model.parameters()]
     result = trainer.train_epoch(1)
     assert math.isfinite(result.train_loss) and 0 <= result.val_acc <= 1
-    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters(), strict=True))
 

@@ -12,8 +12,7 @@ import yaml
 from cifar_pipeline.config import load_params, parse_params
 from cifar_pipeline.errors import ParamsError
 from cifar_pipeline.recipes import hydra, load
-from conftest import ROOT
-from test_params import mutated
+from helpers.project import ROOT, mutated
 
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
 

@@ -12,7 +12,8 @@ import sys
 import pytest
 from mlflow import MlflowClient
 
-from conftest import ROOT, read_params, run
+from helpers.processes import run
+from helpers.project import ROOT, read_params
 
 
 @pytest.mark.slow

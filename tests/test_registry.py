@@ -12,7 +12,7 @@ from cifar_pipeline import checkpoint, registry
 from cifar_pipeline.config import CnnParams, MlflowParams
 from cifar_pipeline.models import build_model
 from cifar_pipeline.tracking import Tracker
-from synthetic import CLASSES
+from helpers.data import CLASSES
 
 CFG = MlflowParams(tracking_uri="sqlite:///mlflow.db", experiment="registry")
 

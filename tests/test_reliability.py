@@ -16,9 +16,16 @@ from mlflow import MlflowClient
 from cifar_pipeline import checkpoint
 from cifar_pipeline.config import load_params
 from cifar_pipeline.models import ResNet34, build_model
-from conftest import read_params, run, stage, write_params
-from test_bad_input import assert_clean_failure, free_port
-from test_resume import start_in_own_group, wait_for_line
+from helpers.processes import (
+    assert_clean_failure,
+    free_port,
+    run,
+    sigterm_after,
+    stage,
+    start_in_own_group,
+    wait_for_line,
+)
+from helpers.project import edit_params
 
 TRAIN_CNN = [sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"]
 
@@ -26,23 +33,9 @@ TRAIN_CNN = [sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"]
 @pytest.fixture
 def small(project):
     """The project with 100 training images and 50 for validation, data prepared."""
-    params = read_params(project)
-    params["data"].update(train_limit=150, val_size=50)
-    write_params(project, params)
+    edit_params(project, **{"data.train_limit": 150, "data.val_size": 50})
     stage("download", cwd=project)
     return project
-
-
-def edit_params(project, **values) -> None:
-    """Set dotted keys in params.yaml, e.g. edit_params(p, **{"cnn.epochs": 3})."""
-    params = read_params(project)
-    for path, value in values.items():
-        *parents, key = path.split(".")
-        section = params
-        for name in parents:
-            section = section[name]
-        section[key] = value
-    write_params(project, params)
 
 
 def runs_in(uri: str, experiment: str = "cifar10") -> list:
@@ -167,10 +160,7 @@ def test_params_edited_during_training_fail_the_stage_and_dvc_lock_stays_honest(
 ])
 def test_resume_into_another_store_or_experiment_starts_a_fresh_run(small, change, warning):
     edit_params(small, **{"cnn.epochs": 3})
-    proc = start_in_own_group(TRAIN_CNN, small)
-    wait_for_line(proc, r"epoch 1:")
-    proc.send_signal(signal.SIGTERM)
-    assert proc.communicate(timeout=300)[0] and proc.returncode == 128 + signal.SIGTERM
+    sigterm_after(TRAIN_CNN, small, r"epoch 1:")
     old = runs_in(store(small))
     assert [r.info.status for r in old] == ["KILLED"]
     edit_params(small, **change)

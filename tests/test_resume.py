@@ -6,9 +6,7 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -18,7 +16,8 @@ from cifar_pipeline.config import load_params
 from cifar_pipeline.data import md5sum
 from cifar_pipeline.run_metadata import epoch_metric
 from cifar_pipeline.training import resume_key
-from conftest import read_params, run, stage, stage_env, write_params
+from helpers.processes import run, sigterm_after, stage, start_in_own_group, wait_for_line, wait_for_text
+from helpers.project import read_params, write_params
 
 EPOCHS = 4
 
@@ -33,32 +32,6 @@ def resumable(project):
     run(["git", "commit", "-qam", "deterministic cnn"], project)
     stage("download", cwd=project)
     return project
-
-
-def start_in_own_group(cmd: list[str], cwd) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=cwd, env=stage_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
-
-
-def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:
-    seen, deadline = [], time.monotonic() + timeout
-    for line in proc.stdout:
-        seen.append(line)
-        if re.search(pattern, line):
-            return seen
-        assert time.monotonic() < deadline, "".join(seen)
-    raise AssertionError(f"process ended before printing {pattern!r}:\n{''.join(seen)}")
-
-
-def wait_for_text(proc: subprocess.Popen, pattern: str, timeout: float = 300) -> str:
-    """Read the raw output (progress bars end in \r, not \n) until pattern appears."""
-    seen, deadline = "", time.monotonic() + timeout
-    while not re.search(pattern, seen):
-        chunk = os.read(proc.stdout.fileno(), 4096).decode(errors="replace")
-        assert chunk, f"process ended before printing {pattern!r}:\n{seen}"
-        seen += chunk
-        assert time.monotonic() < deadline, seen
-    return seen
 
 
 def cnn_runs(project):
@@ -131,11 +104,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_p
 
 
 def interrupt_after_first_epoch(project) -> None:
-    proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], project)
-    wait_for_line(proc, r"epoch 1:")
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM
+    sigterm_after([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], project, r"epoch 1:")
 
 
 @pytest.mark.slow

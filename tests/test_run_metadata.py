@@ -13,8 +13,7 @@ from cifar_pipeline.config import MlflowParams, RuntimeParams, load_params, pars
 from cifar_pipeline.runtime import Settings
 from cifar_pipeline.run_metadata import epoch_metric, model_params, resolved_runtime, run_name, with_exp
 from cifar_pipeline.tracking import Tracker
-from conftest import ROOT
-from test_params import mutated
+from helpers.project import ROOT, mutated
 
 PARAMS = load_params(ROOT / "params.yaml")
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
 import textwrap
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,8 +23,8 @@ from cifar_pipeline.augment import to_unit_float
 from cifar_pipeline.config import load_params
 from cifar_pipeline.runtime import Settings, predict
 from cifar_pipeline.evaluation import load_trained
-from conftest import make_project, run, stage_env
-from test_bad_input import free_port
+from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
+from helpers.project import make_project
 
 pytestmark = pytest.mark.slow
 MODEL_URI = "models:/cifar10-cnn@champion"
@@ -124,7 +124,7 @@ def test_logged_model_is_code_plus_weights_no_pickle(trained):
 
     mlflow.set_tracking_uri(store_uri(trained))
     local = mlflow.artifacts.download_artifacts(MODEL_URI)
-    mlmodel = yaml.safe_load(open(os.path.join(local, "MLmodel")))
+    mlmodel = yaml.safe_load(Path(local, "MLmodel").read_text())
     flavor = mlmodel["flavors"]["python_function"]
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert "python_model" not in flavor  # no cloudpickled object
@@ -135,19 +135,11 @@ def test_logged_model_is_code_plus_weights_no_pickle(trained):
 
 def test_mlflow_models_serve_answers_with_class_names(trained, test_set, evaluate_predictions):
     port = free_port()
-    server = subprocess.Popen(
+    server = start_in_own_group(
         [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)],
-        cwd=trained, env=stage_env(MLFLOW_TRACKING_URI=store_uri(trained)), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+         "-h", "127.0.0.1", "-p", str(port)], trained, MLFLOW_TRACKING_URI=store_uri(trained))
     try:
-        seen = []
-        for line in server.stdout:  # ready once uvicorn says it is listening
-            seen.append(line)
-            if re.search(r"Uvicorn running on|Listening at", line):
-                break
-        else:
-            raise AssertionError("server exited before listening:\n" + "".join(seen))
+        wait_for_line(server, r"Uvicorn running on|Listening at")  # ready once uvicorn says it is listening
         body = json.dumps({"inputs": test_set[1].tolist()}).encode()
         request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})

@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import make_project, read_params, run, stage_env, write_params
-from team_servers import S3_CREDENTIALS, mlflow_server, postgres, s3_server
-from test_resume import wait_for_line
-
 from cifar_pipeline.run_metadata import epoch_metric
+from helpers.processes import run, stage_env, wait_for_line
+from helpers.project import make_project, read_params, write_params
+from helpers.servers import S3_CREDENTIALS, mlflow_server, postgres, s3_server
 
 pytestmark = pytest.mark.slow
 
@@ -129,7 +128,8 @@ def test_killed_stage_resumes_its_server_run_and_everything_reads_back(servers, 
         assert 0.0 <= r.data.metrics["test/accuracy"] <= 1.0  # evaluate logged into the same run
         artifacts = {a.path for folder in (None, "checkpoints", "evaluation")
                      for a in client.list_artifacts(r.info.run_id, folder)}
-        assert {"checkpoints/best.pt", "checkpoints/last.pt", "confusion_matrix.png", "evaluation/metrics.json"} <= artifacts
+        expected = {"checkpoints/best.pt", "checkpoints/last.pt", "confusion_matrix.png", "evaluation/metrics.json"}
+        assert expected <= artifacts
         mlflow.set_tracking_uri(servers.tracking_uri)
         models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
                                              filter_string=f"source_run_id = '{r.info.run_id}'")

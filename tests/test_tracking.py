@@ -16,7 +16,7 @@ from cifar_pipeline.runtime import explain_oom
 from cifar_pipeline.errors import TrainingError
 from cifar_pipeline.paths import project_root
 from cifar_pipeline.tracking import flatten, resolve_tracking_uri
-from conftest import run, stage_env
+from helpers.processes import run, stage_env
 
 WRITERS, STEPS = 4, 25
 WRITER = textwrap.dedent("""
@@ -26,10 +26,10 @@ WRITER = textwrap.dedent("""
 
     tracker = Tracker(MlflowParams(tracking_uri=sys.argv[1], experiment="parallel"))
     tracker.start(f"writer-{sys.argv[2]}", {}, {"writer": sys.argv[2]})
-    for step in range(1, %d + 1):
+    for step in range(1, int(sys.argv[3]) + 1):
         tracker.log_metrics({"train_loss": 1 / step, "val_acc": step / 100, "lr": 0.001}, step=step)
     tracker.end()
-""" % STEPS)
+""")
 
 
 def test_project_root_sees_through_dvc_temp_copies(tmp_path):
@@ -53,17 +53,17 @@ def test_flatten_joins_nested_keys():
 
 
 def test_out_of_memory_names_the_model_and_a_smaller_batch():
-    with pytest.raises(TrainingError, match=r"training resnet18 .* resnet18\.batch_size = 64\. Set resnet18\.batch_size to 32"):
-        with explain_oom("training resnet18", "resnet18.batch_size", 64):
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    message = r"training resnet18 .* resnet18\.batch_size = 64\. Set resnet18\.batch_size to 32"
+    with pytest.raises(TrainingError, match=message), explain_oom("training resnet18", "resnet18.batch_size", 64):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
 
 def test_parallel_writers_on_one_new_sqlite_store_lose_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i)], env=stage_env(),
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i), str(STEPS)], env=stage_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(WRITERS)]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
-    for proc, out in zip(procs, outputs):
+    for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out
         assert "database is locked" not in out
 

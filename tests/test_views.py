@@ -9,17 +9,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from mlflow import MlflowClient
 
-from conftest import run, stage_env
+from helpers.processes import free_port, run, stage_env, wait_until
 
 MODELS = ["cnn", "resnet34", "resnet18"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -89,21 +87,6 @@ def test_dvc_plots_draw_every_chart_with_the_network_blocked(experiments, browse
     context.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_text(log: Path, pattern: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    """Until the process has written `pattern` to its log (it fails early if the process exits)."""
-    deadline = time.monotonic() + timeout
-    while not re.search(pattern, log.read_text()):
-        assert proc.poll() is None, f"process exited:\n{log.read_text()}"
-        assert time.monotonic() < deadline, f"no {pattern!r} within {timeout}s:\n{log.read_text()}"
-        time.sleep(0.1)  # polling the log, not a guess at how long start-up takes
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(experiments, tmp_path_factory):
     """What `make ui` starts, on a free loopback port; yields the address it prints."""
@@ -113,7 +96,10 @@ def mlflow_ui(experiments, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "cifar_pipeline.ui", "--port", str(free_port())], cwd=project,
                                 env=stage_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_for_text(log, r"Application startup complete", proc)  # a worker serves requests
+        def started() -> bool:
+            return "Application startup complete" in log.read_text()  # a worker serves requests
+
+        wait_until(started, proc, "mlflow ui", log, timeout=120)
         yield re.search(r"^Open (\S+)", log.read_text(), flags=re.M).group(1)
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from .errors import ParamsError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ParamsError
 
 MODELS = ("cnn", "resnet34", "resnet18")
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -42,7 +43,7 @@ class DataParams(Strict):
 
 
     @model_validator(mode="after")
-    def _room_for_training(self) -> "DataParams":
+    def _room_for_training(self) -> DataParams:
         if self.train_limit and self.val_size > self.train_limit - MIN_TRAIN_IMAGES:
             raise ValueError(
                 f"data.val_size = {self.val_size} must be at most data.train_limit - {MIN_TRAIN_IMAGES} = "
@@ -118,7 +119,7 @@ class OptimizerParams(Strict):
     reference_batch_size: PositiveInt | None = None
 
     @model_validator(mode="after")
-    def _nesterov_needs_sgd_momentum(self) -> "OptimizerParams":
+    def _nesterov_needs_sgd_momentum(self) -> OptimizerParams:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError(f"nesterov = true needs name = sgd and momentum > 0 (got name = {self.name}, "
                              f"momentum = {self.momentum}); set nesterov: false or use SGD with momentum")
@@ -162,7 +163,7 @@ class ModelParams(Strict):
     tta: Literal["none", "flip"] = "none"  # inference (validation, test, serving): flip = average with the mirror image
 
     @model_validator(mode="after")
-    def _warmup_within_training(self) -> "ModelParams":
+    def _warmup_within_training(self) -> ModelParams:
         sched = self.scheduler
         if sched.name == "warmup_cosine" and sched.warmup_epochs >= self.epochs:
             raise ValueError(f"scheduler.warmup_epochs = {sched.warmup_epochs} must be below "
@@ -205,7 +206,7 @@ class Resnet18Params(ModelParams):
         return v
 
     @model_validator(mode="after")
-    def _backbone_to_train(self) -> "Resnet18Params":
+    def _backbone_to_train(self) -> Resnet18Params:
         if self.backbone_lr is not None and self.trainable == ["fc"]:
             raise ValueError(f"backbone_lr = {self.backbone_lr} is set but trainable = ['fc'] has no backbone "
                              "layer; add one (e.g. layer4) to trainable or set backbone_lr: null")

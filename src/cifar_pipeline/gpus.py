@@ -14,7 +14,7 @@ _held: dict[int, IO] = {}  # open lock files: the OS releases them when the proc
 
 
 def _try_lock(lock_dir: Path, index: int) -> bool:
-    fh = open(lock_dir / f"gpu{index}.lock", "w")
+    fh = open(lock_dir / f"gpu{index}.lock", "w")  # noqa: SIM115 (held open: the lock lasts as long as the process)
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -41,7 +41,7 @@ def summarize(cm: np.ndarray, classes: list[str]) -> dict:
 
 def write_confusion_csv(cm: np.ndarray, classes: list[str], path: Path) -> None:
     header = "true\\predicted," + ",".join(classes)
-    rows = [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, cm)]
+    rows = [f"{c}," + ",".join(str(int(v)) for v in row) for c, row in zip(classes, cm, strict=True)]
     atomic.write_text(path, "\n".join([header, *rows]) + "\n")
 
 

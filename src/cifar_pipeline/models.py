@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18, resnet34
 
-from .errors import WeightsError
 from .config import CnnParams, ModelParams, Params, Resnet18Params, Resnet34Params
+from .errors import WeightsError
 
 NUM_CLASSES = 10
 
@@ -119,7 +119,7 @@ class ResNet34(nn.Module):
                 nn.MaxPool2d(3, stride=2, padding=1),
             )
         stages, cin = [], 64
-        for i, (units, width) in enumerate(zip(self.UNITS, self.WIDTHS)):
+        for i, (units, width) in enumerate(zip(self.UNITS, self.WIDTHS, strict=True)):
             stride = 1 if i == 0 else 2
             stages.append(nn.Sequential(*(ResidualUnit(cin if u == 0 else width, width, stride if u == 0 else 1)
                                           for u in range(units))))
@@ -198,7 +198,8 @@ def finetune_resnet18(cfg: Resnet18Params, state_dict: dict[str, torch.Tensor] |
         try:
             net.load_state_dict(state_dict)
         except RuntimeError:
-            raise WeightsError(f"the resnet18 weights do not fit torchvision's resnet18: {key_mismatch(net, state_dict)}. "
+            raise WeightsError("the resnet18 weights do not fit torchvision's resnet18: "
+                               f"{key_mismatch(net, state_dict)}. "
                                "Use the state dict of torchvision.models.resnet18 (resnet18-f37072fd.pth)") from None
     net.fc = nn.Linear(net.fc.in_features, NUM_CLASSES)
     trainable = tuple(cfg.trainable)

@@ -170,22 +170,22 @@ def render(files: list[Path], probabilities: np.ndarray, classes: list[str], fmt
     if fmt == "json":
         records = [{"image": str(f), "class": classes[o[0]], "probability": float(p[o[0]]),
                     "top_k": [{"class": classes[i], "probability": float(p[i])} for i in o[:top_k]],
-                    "probabilities": {c: float(v) for c, v in zip(classes, p)}}
-                   for f, p, o in zip(files, probabilities, order)]
+                    "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)}}
+                   for f, p, o in zip(files, probabilities, order, strict=True)]
         return json.dumps(records, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(["image", "class", "probability", *classes])
-        for f, p, o in zip(files, probabilities, order):
+        for f, p, o in zip(files, probabilities, order, strict=True):
             writer.writerow([f, classes[o[0]], f"{p[o[0]]:.6f}", *(f"{v:.6f}" for v in p)])
         return buf.getvalue()
     width = max(len("image"), *(len(str(f)) for f in files))
     header = "  ".join([f"{'image':<{width}}", *(f"{f'top {r + 1}':<20}" for r in range(top_k))])
     lines = [header.rstrip()]
-    for f, p, o in zip(files, probabilities, order):
+    for f, p, o in zip(files, probabilities, order, strict=True):
         cells = [f"{classes[i]} {p[i]:.1%}" for i in o[:top_k]]
-        lines.append("  ".join([f"{str(f):<{width}}", *(f"{c:<20}" for c in cells)]).rstrip())
+        lines.append("  ".join([f"{f!s:<{width}}", *(f"{c:<20}" for c in cells)]).rstrip())
     return "\n".join(lines) + "\n"
 
 

@@ -105,7 +105,7 @@ def link_model_runs(tracker, runs: dict[str, dict]) -> str:
     exp = os.environ.get("DVC_EXP_NAME")
     links = []
     for name, info in runs.items():
-        run = retry_locked(lambda: tracker.client.get_run(info["run_id"]))
+        run = retry_locked(lambda run_id=info["run_id"]: tracker.client.get_run(run_id))
         if exp:
             tracker.set_tags({"dvc_exps": with_exp(run.data.tags.get("dvc_exps"), exp)}, run_id=info["run_id"])
         links.append(f"- {name}: [{run.info.run_name}](#/experiments/{info['experiment_id']}/runs/{info['run_id']})")

@@ -24,7 +24,8 @@ def main() -> None:
             "mlflow.note.content": link_model_runs(tracker, runs)}
     tracker.start(run_name("comparison"), tags, {})
     with tracker.finishing():
-        tracker.log_metrics({f"test_accuracy/{m}": a for m, a in zip(table["model"], table["test_accuracy"])})
+        accuracies = zip(table["model"], table["test_accuracy"], strict=True)
+        tracker.log_metrics({f"test_accuracy/{m}": a for m, a in accuracies})
         for path in files:
             tracker.log_artifact(path)
     print(paths.REPORTS.joinpath("comparison.md").read_text())

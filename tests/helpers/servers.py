@@ -11,11 +11,9 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -24,17 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import stage_env
+from helpers.processes import free_port, stage_env, wait_until
 
 READY_TIMEOUT_S = 180
 S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "team-test", "AWS_SECRET_ACCESS_KEY": "team-test-secret",
                   "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def http_ok(url: str) -> Callable[[], bool]:
@@ -45,16 +37,6 @@ def http_ok(url: str) -> Callable[[], bool]:
         except (urllib.error.URLError, OSError):
             return False
     return check
-
-
-def wait_until_ready(ready: Callable[[], bool], proc: subprocess.Popen, what: str, log: Path) -> None:
-    """Poll `ready` until it holds; fail with the server's log if the server exits or never answers."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while not ready():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            state = f"exited with {proc.returncode}" if proc.returncode is not None else "never answered"
-            raise AssertionError(f"{what} {state}:\n{log.read_text(errors='replace')[-5000:]}")
-        time.sleep(0.2)
 
 
 @contextmanager
@@ -134,7 +116,7 @@ def s3_server(workdir: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     log = workdir / "s3.log"
     with background([exe, "-H", "127.0.0.1", "-p", str(port)], stage_env(), log) as proc:
-        wait_until_ready(http_ok(url + "/moto-api/"), proc, "S3 server (moto_server)", log)
+        wait_until(http_ok(url + "/moto-api/"), proc, "S3 server (moto_server)", log, READY_TIMEOUT_S)
         yield url
 
 
@@ -154,5 +136,5 @@ def mlflow_server(backend_uri: str, artifacts_destination: str, s3_endpoint: str
     env = stage_env(MLFLOW_S3_ENDPOINT_URL=s3_endpoint, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **S3_CREDENTIALS)
     log = workdir / "mlflow-server.log"
     with background(cmd, env, log) as proc:
-        wait_until_ready(http_ok(url + "/health"), proc, "mlflow server", log)
+        wait_until(http_ok(url + "/health"), proc, "mlflow server", log, READY_TIMEOUT_S)
         yield url
