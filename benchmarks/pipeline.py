@@ -40,11 +40,10 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
-
 from cifar_pipeline import atomic
 from cifar_pipeline.paths import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL_OF_STAGE = {stage: model for model, stage in STAGES.items()}
 STAGE_LINE = re.compile(r"^Running stage '(?P<stage>[^']+)':")
@@ -100,8 +99,13 @@ def set_param(params: dict, dotted: str, value: str) -> None:
 
 
 def project_files(root: Path) -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     return [f for f in out.split("\0") if f and (root / f).is_file()]
 
 
@@ -122,8 +126,13 @@ def make_copy(work: Path, overrides: list[str], archive: Path | None) -> Path:
         target = repo / params["data"]["archive"]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(archive.resolve())
-    env = {**os.environ, "GIT_AUTHOR_NAME": "bench", "GIT_AUTHOR_EMAIL": "bench@example.com",
-           "GIT_COMMITTER_NAME": "bench", "GIT_COMMITTER_EMAIL": "bench@example.com"}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.com",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.com",
+    }
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark copy"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env)
     return repo
@@ -137,12 +146,16 @@ def stage_env(work: Path, repo: Path, processes: Path) -> dict[str, str]:
     wrapper.write_text(WRAPPER.format(python=sys.executable))
     wrapper.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING_URI"))}
-    env.update(PATH=os.pathsep.join([str(shim), str(Path(sys.executable).parent), env.get("PATH", "")]),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(repo / "src"), env.get("PYTHONPATH")])),
-               PYTHONUNBUFFERED="1", DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true",
-               PIPELINE_BENCH_PROCESSES=str(processes),
-               TORCHINDUCTOR_CACHE_DIR=str(repo / "state" / "torch_compile"),
-               TRITON_CACHE_DIR=str(repo / "state" / "triton"))
+    env.update(
+        PATH=os.pathsep.join([str(shim), str(Path(sys.executable).parent), env.get("PATH", "")]),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(repo / "src"), env.get("PYTHONPATH")])),
+        PYTHONUNBUFFERED="1",
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        PIPELINE_BENCH_PROCESSES=str(processes),
+        TORCHINDUCTOR_CACHE_DIR=str(repo / "state" / "torch_compile"),
+        TRITON_CACHE_DIR=str(repo / "state" / "triton"),
+    )
     return env
 
 
@@ -153,8 +166,9 @@ def run_repro(repo: Path, env: dict[str, str], force: bool, log: Path) -> tuple[
     with open(log, "w") as out:
         start = time.time()
         out.write(f"{start:.3f} $ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, bufsize=1)
+        proc = subprocess.Popen(
+            cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
         for line in proc.stdout:
             now = time.time()
             for part in line.rstrip("\n").split("\r"):  # progress bars redraw with \r
@@ -182,8 +196,11 @@ def read_processes(path: Path) -> list[tuple[float, float, str]]:
 
 def stage_breakdown(lines: list[tuple[float, str]], end: float, processes: list, repo: Path) -> dict[str, dict]:
     """Per stage: wall and its parts (seconds), in the order `dvc repro` ran them."""
-    marks = [(t, m["stage"], lines[i + 1][1].removeprefix("> ")) for i, (t, text) in enumerate(lines[:-1])
-             if (m := STAGE_LINE.match(text))]
+    marks = [
+        (t, m["stage"], lines[i + 1][1].removeprefix("> "))
+        for i, (t, text) in enumerate(lines[:-1])
+        if (m := STAGE_LINE.match(text))
+    ]
     unclaimed = list(processes)
     stages = {}
     for i, (begin, stage, cmd) in enumerate(marks):
@@ -202,12 +219,19 @@ def split_stage(stage: str, begin: float, finish: float, inside: list, proc, rep
     if proc is None:
         return entry
     p_start, p_end = proc
-    printed = [t for t, text in inside if p_start <= t <= p_end and text.strip()
-               and not STAGE_LINE.match(text) and not text.startswith("> ")]
+    printed = [
+        t
+        for t, text in inside
+        if p_start <= t <= p_end and text.strip() and not STAGE_LINE.match(text) and not text.startswith("> ")
+    ]
     last_line = printed[-1] if printed else p_start
     # Training stages split at their own lines; the others' "run" is all they did up to their last line.
-    parts = {"dvc_before": max(p_start - begin, 0.0), "dvc_after": finish - p_end, "exit": p_end - last_line,
-             "run": last_line - p_start}
+    parts = {
+        "dvc_before": max(p_start - begin, 0.0),
+        "dvc_after": finish - p_end,
+        "exit": p_end - last_line,
+        "run": last_line - p_start,
+    }
     model = MODEL_OF_STAGE.get(stage)
     if model:
         started = next((t for t, text in inside if STARTED.search(text)), None)
@@ -219,9 +243,13 @@ def split_stage(stage: str, begin: float, finish: float, inside: list, proc, rep
         if started and epochs and published:
             publish_at, publish_s = published[-1]
             del parts["run"]
-            parts.update(start_up=started - p_start, training=epochs[-1] - started,
-                         outputs=publish_at - publish_s - epochs[-1], publish=publish_s,
-                         exit=p_end - publish_at)
+            parts.update(
+                start_up=started - p_start,
+                training=epochs[-1] - started,
+                outputs=publish_at - publish_s - epochs[-1],
+                publish=publish_s,
+                exit=p_end - publish_at,
+            )
     entry["parts"] = {k: round(parts[k], 2) for k in PARTS if k in parts}
     entry["overhead"] = entry["wall"] - entry.get("train_seconds", 0.0)
     return entry
@@ -229,9 +257,11 @@ def split_stage(stage: str, begin: float, finish: float, inside: list, proc, rep
 
 def probe(repo: Path, env: dict[str, str]) -> dict[str, float]:
     """Start-up costs, each measured in a fresh process of this interpreter in the copy."""
+
     def timed(*args: str) -> float:
-        out = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=repo, env=env, check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", PROBE, *args], cwd=repo, env=env, check=True, capture_output=True, text=True
+        ).stdout
         return json.loads(out.splitlines()[-1])
 
     start = time.perf_counter()
@@ -245,8 +275,9 @@ def probe(repo: Path, env: dict[str, str]) -> dict[str, float]:
 
 
 def device_info(repo: Path, env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run([sys.executable, "-c", PROBE, "device"], cwd=repo, env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, "device"], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.splitlines()[-1])
 
 
@@ -255,8 +286,11 @@ def measure(repo: Path, env: dict[str, str], name: str, out_dir: Path, processes
     start = time.time()
     lines, end = run_repro(repo, env, force=name != "cold", log=out_dir / f"repro-{name}.log")
     stages = stage_breakdown(lines, end, read_processes(processes), repo)
-    return {"wall": round(end - start, 2), "stages": {s: round_all(e) for s, e in stages.items()},
-            "probe": probe(repo, env)}
+    return {
+        "wall": round(end - start, 2),
+        "stages": {s: round_all(e) for s, e in stages.items()},
+        "probe": probe(repo, env),
+    }
 
 
 def round_all(entry: dict) -> dict:
@@ -273,15 +307,20 @@ def table(result: dict) -> str:
         for key in ("wall", "train_seconds", "overhead"):
             for r in runs:
                 value = result["runs"][r]["stages"].get(stage, {}).get(key)
-                cells.append("" if value is None or (key == "overhead" and stage not in MODEL_OF_STAGE)
-                             else f"{value:.1f}")
+                cells.append(
+                    "" if value is None or (key == "overhead" and stage not in MODEL_OF_STAGE) else f"{value:.1f}"
+                )
         rows.append("| " + " | ".join(cells) + " |")
     total = ["**total**", *(f"**{result['runs'][r]['wall']:.1f}**" for r in runs), *([""] * 2 * len(runs))]
     rows.append("| " + " | ".join(total) + " |")
     lines = ["\n".join(rows), ""]
     for r in runs:
-        lines += [f"Where each stage's seconds go, {r} run (s):", "",
-                  "| stage | " + " | ".join(PARTS) + " |", "|---|" + "---:|" * len(PARTS)]
+        lines += [
+            f"Where each stage's seconds go, {r} run (s):",
+            "",
+            "| stage | " + " | ".join(PARTS) + " |",
+            "|---|" + "---:|" * len(PARTS),
+        ]
         for stage, entry in result["runs"][r]["stages"].items():
             parts = entry.get("parts", {})
             lines.append(f"| {stage} | " + " | ".join(f"{parts[p]:.2f}" if p in parts else "" for p in PARTS) + " |")
@@ -291,8 +330,7 @@ def table(result: dict) -> str:
 
 
 def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                         check=False)
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
     return out.stdout.strip() or "unknown"
 
 
@@ -301,12 +339,18 @@ def record(result: dict, results: Path) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     from record import push_run
 
-    entry = {"pipeline_wall_seconds": {r: v["wall"] for r, v in result["runs"].items()},
-             "pipeline_stage_wall_seconds": {r: {s: e["wall"] for s, e in v["stages"].items()}
-                                             for r, v in result["runs"].items()},
-             "pipeline_train_seconds": {r: {s: e["train_seconds"] for s, e in v["stages"].items()
-                                            if "train_seconds" in e} for r, v in result["runs"].items()},
-             "pipeline_command": result["command"], "pipeline_torch": result["torch"]}
+    entry = {
+        "pipeline_wall_seconds": {r: v["wall"] for r, v in result["runs"].items()},
+        "pipeline_stage_wall_seconds": {
+            r: {s: e["wall"] for s, e in v["stages"].items()} for r, v in result["runs"].items()
+        },
+        "pipeline_train_seconds": {
+            r: {s: e["train_seconds"] for s, e in v["stages"].items() if "train_seconds" in e}
+            for r, v in result["runs"].items()
+        },
+        "pipeline_command": result["command"],
+        "pipeline_torch": result["torch"],
+    }
     current = json.loads(results.read_text()) if results.exists() else {}
     if current.get("commit") == result["commit"] and current.get("gpu") == result["gpu"]:
         atomic.write_json(results, {**current, **entry})
@@ -316,14 +360,28 @@ def record(result: dict, results: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-S", "--set-param", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a params.yaml key in the copy (repeatable), as `dvc exp run -S`")
-    parser.add_argument("--archive", type=Path, default=None,
-                        help="cifar-10-python.tar.gz to use (default: data/cifar-10-python.tar.gz here, if "
-                             "present; else the stage downloads it)")
+    parser.add_argument(
+        "-S",
+        "--set-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a params.yaml key in the copy (repeatable), as `dvc exp run -S`",
+    )
+    parser.add_argument(
+        "--archive",
+        type=Path,
+        default=None,
+        help="cifar-10-python.tar.gz to use (default: data/cifar-10-python.tar.gz here, if "
+        "present; else the stage downloads it)",
+    )
     parser.add_argument("--runs", nargs="+", choices=("cold", "warm"), default=["cold", "warm"])
-    parser.add_argument("--out", type=Path, default=None, help="folder for pipeline.json and the logs "
-                        "(default: a new folder in the temp dir)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for pipeline.json and the logs (default: a new folder in the temp dir)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the project copy (its path is printed)")
     parser.add_argument("--record", action="store_true", help="merge the result into --results")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
@@ -342,8 +400,12 @@ def main() -> None:
         repo = make_copy(work, args.set_param, archive)
         processes = work / "processes.txt"
         env = stage_env(work, repo, processes)
-        result = {"date": dt.date.today().isoformat(), "commit": git_commit(),
-                  "command": " ".join(["python", "benchmarks/pipeline.py", *sys.argv[1:]]), "runs": {}}
+        result = {
+            "date": dt.date.today().isoformat(),
+            "commit": git_commit(),
+            "command": " ".join(["python", "benchmarks/pipeline.py", *sys.argv[1:]]),
+            "runs": {},
+        }
         for name in args.runs:
             print(f"pipeline benchmark: {name} run in {repo}", flush=True)
             result["runs"][name] = measure(repo, env, name, out_dir, processes)

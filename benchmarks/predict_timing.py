@@ -50,8 +50,9 @@ def publish(name: str, store: Path, params: dict) -> str:
     cfg = parsed.model(name)
     model_file = store.parent / f"{name}.pt"
     classes = [f"class{i}" for i in range(10)]
-    checkpoint.save(checkpoint.model_file(name, cfg.model_dump(), classes, build_model(name, cfg).state_dict()),
-                    model_file)
+    checkpoint.save(
+        checkpoint.model_file(name, cfg.model_dump(), classes, build_model(name, cfg).state_dict()), model_file
+    )
     mlflow_cfg = MlflowParams(tracking_uri=f"sqlite:///{store}", experiment="timing")
     tracker = Tracker(mlflow_cfg)
     tracker.start(name, {}, {})
@@ -77,8 +78,13 @@ def main() -> None:
     from PIL import Image
 
     params = yaml.safe_load(Path(__file__).resolve().parents[1].joinpath("params.yaml").read_text())
-    results = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor()
-               or platform.machine(), "cpus": os.cpu_count(), "load_average": os.getloadavg(), "models": {}}
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "models": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         store = work / "mlflow.db"
@@ -90,8 +96,21 @@ def main() -> None:
             uri = publish(name, store, params)
             env_cmd = [sys.executable, "-c", LOAD_AND_PREDICT, f"sqlite:///{store}", uri]
             row = json.loads(subprocess.run(env_cmd, check=True, capture_output=True, text=True, cwd=work).stdout)
-            cli = [sys.executable, "-m", "cifar_pipeline.predict", "-m", uri, "--tracking-uri", f"sqlite:///{store}",
-                   "--device", "cpu", "--format", "csv", "--out", str(work / "out.csv")]
+            cli = [
+                sys.executable,
+                "-m",
+                "cifar_pipeline.predict",
+                "-m",
+                uri,
+                "--tracking-uri",
+                f"sqlite:///{store}",
+                "--device",
+                "cpu",
+                "--format",
+                "csv",
+                "--out",
+                str(work / "out.csv"),
+            ]
             row["cli_1_image_s"] = timed([*cli, str(folder / "0000.png")], work)
             row["cli_1000_images_s"] = timed([*cli, str(folder)], work)
             results["models"][name] = row

@@ -52,17 +52,31 @@ def run_one(recipe: Recipe, seed: int, stamp: str, extra: list[str]) -> dict:
     print("+", " ".join(command), flush=True)
     start = time.perf_counter()
     code = subprocess.run(command).returncode
-    row = {"recipe": recipe.name, "model": recipe.model, "seed": seed, "experiment": named.name,
-           "wall_seconds": round(time.perf_counter() - start, 2), "command": command}
+    row = {
+        "recipe": recipe.name,
+        "model": recipe.model,
+        "seed": seed,
+        "experiment": named.name,
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "command": command,
+    }
     if code != 0:
         return {**row, "error": f"dvc exp run exited {code}"}
     ref = experiment_ref(named.name)
     train = read_json_at(ref, paths.train_summary(recipe.model))
     test = read_json_at(ref, paths.eval_dir(recipe.model) / "metrics.json")
-    return {**row, "experiment_rev": git("rev-parse", ref), "test_accuracy": test["accuracy"],
-            "test_macro_auc": test.get("macro_auc"), "best_val_acc": train["best_val_acc"],
-            "best_epoch": train["best_epoch"], "epochs": train["epochs"], "train_seconds": train["train_seconds"],
-            "first_step_seconds": train["first_step_seconds"], "images_per_second": train["images_per_second"]}
+    return {
+        **row,
+        "experiment_rev": git("rev-parse", ref),
+        "test_accuracy": test["accuracy"],
+        "test_macro_auc": test.get("macro_auc"),
+        "best_val_acc": train["best_val_acc"],
+        "best_epoch": train["best_epoch"],
+        "epochs": train["epochs"],
+        "train_seconds": train["train_seconds"],
+        "first_step_seconds": train["first_step_seconds"],
+        "images_per_second": train["images_per_second"],
+    }
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -76,12 +90,16 @@ def summarise(rows: list[dict]) -> dict:
     out = {}
     for recipe in dict.fromkeys(r["recipe"] for r in done):
         acc, acc_std, n = stats("test_accuracy", recipe)
-        out[recipe] = {"model": next(r["model"] for r in done if r["recipe"] == recipe),
-                       "test_accuracy_mean": acc, "test_accuracy_std": acc_std, "n": n,
-                       "train_seconds": stats("train_seconds", recipe)[0],
-                       "wall_seconds": stats("wall_seconds", recipe)[0],
-                       "best_val_acc_mean": stats("best_val_acc", recipe)[0],
-                       "seeds": [r["seed"] for r in done if r["recipe"] == recipe]}
+        out[recipe] = {
+            "model": next(r["model"] for r in done if r["recipe"] == recipe),
+            "test_accuracy_mean": acc,
+            "test_accuracy_std": acc_std,
+            "n": n,
+            "train_seconds": stats("train_seconds", recipe)[0],
+            "wall_seconds": stats("wall_seconds", recipe)[0],
+            "best_val_acc_mean": stats("best_val_acc", recipe)[0],
+            "seeds": [r["seed"] for r in done if r["recipe"] == recipe],
+        }
     for model in {s["model"] for s in out.values()}:
         best = max((name for name in out if out[name]["model"] == model), key=lambda k: out[k]["best_val_acc_mean"])
         for name, s in out.items():
@@ -94,11 +112,16 @@ def environment(argv: list[str], extra: list[str]) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    return {"date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "gpu": torch.cuda.get_device_name(0) if cuda else None, "machine": platform.node(),
-            "torch": torch.__version__, "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-            "command": " ".join(["python", *argv]), "extra_overrides": extra}
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "gpu": torch.cuda.get_device_name(0) if cuda else None,
+        "machine": platform.node(),
+        "torch": torch.__version__,
+        "commit": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "command": " ".join(["python", *argv]),
+        "extra_overrides": extra,
+    }
 
 
 def main() -> None:

@@ -39,10 +39,16 @@ def run_entry(args: argparse.Namespace) -> dict:
             "dataloader_img_per_s": round(bench["dataloader_img_per_s"]),
             "floor_img_per_s": round(bench["floor_img_per_s"]),
         }
-    return {"gpu": throughput["gpu"], "date": args.date, "commit": args.commit, "command": args.command,
-            "throughput_commit": args.throughput_commit or args.commit,
-            "total_train_seconds": round(sum(m["train_seconds"] for m in models.values()), 2),
-            "stage_wall_seconds": {k: float(v) for k, v in stage_seconds.items()}, "models": models}
+    return {
+        "gpu": throughput["gpu"],
+        "date": args.date,
+        "commit": args.commit,
+        "command": args.command,
+        "throughput_commit": args.throughput_commit or args.commit,
+        "total_train_seconds": round(sum(m["train_seconds"] for m in models.values()), 2),
+        "stage_wall_seconds": {k: float(v) for k, v in stage_seconds.items()},
+        "models": models,
+    }
 
 
 def main() -> None:

@@ -39,8 +39,11 @@ def project_img_per_s(trainer: Trainer) -> dict:
     first = trainer.train_epoch(1)
     second = trainer.train_epoch(2)
     n = trainer.data.train_x.shape[0]
-    return {"img_per_s": second.images_per_second, "first_epoch_train_s": n / first.images_per_second,
-            "steady_epoch_train_s": n / second.images_per_second}
+    return {
+        "img_per_s": second.images_per_second,
+        "first_epoch_train_s": n / first.images_per_second,
+        "steady_epoch_train_s": n / second.images_per_second,
+    }
 
 
 def floor_img_per_s(trainer: Trainer, batch_size: int) -> float:
@@ -85,13 +88,21 @@ def notebook_transform(cfg: ModelParams):
     return transforms.Compose(steps)
 
 
-def dataloader_img_per_s(model: torch.nn.Module, cfg: ModelParams, images: np.ndarray, labels: np.ndarray,
-                         device: torch.device) -> float:
+def dataloader_img_per_s(
+    model: torch.nn.Module, cfg: ModelParams, images: np.ndarray, labels: np.ndarray, device: torch.device
+) -> float:
     """fp32 eager training fed by DataLoader(num_workers=2) with PIL transforms, as the notebooks did."""
     net = model.net.to(device).train()  # the notebooks normalized in the transform, not the model
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.optimizer.lr)
-    loader = DataLoader(PilDataset(images, labels, notebook_transform(cfg)), batch_size=cfg.batch_size,
-                        shuffle=True, num_workers=2, pin_memory=device.type == "cuda", drop_last=True)
+    loader = DataLoader(
+        PilDataset(images, labels, notebook_transform(cfg)),
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=2,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
+
     def batches():
         while True:
             yield from loader
@@ -138,20 +149,28 @@ def main() -> None:
         del trainer, floor_trainer
         if not args.skip_dataloader:
             row["dataloader_img_per_s"] = dataloader_img_per_s(
-                model_from_params(params, name, pretrained=False), cfg, data.train_x[train_idx],
-                data.train_y[train_idx], device)
+                model_from_params(params, name, pretrained=False),
+                cfg,
+                data.train_x[train_idx],
+                data.train_y[train_idx],
+                device,
+            )
         results[name] = row
         print(json.dumps({name: row}), flush=True)
 
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else str(device)
     print(f"\n{gpu}, batch sizes from {args.params}")
-    print(f"{'model':<10}{'project img/s':>15}{'floor img/s':>13}{'project/floor time':>20}"
-          f"{'dataloader img/s':>18}{'speed-up':>10}")
+    print(
+        f"{'model':<10}{'project img/s':>15}{'floor img/s':>13}{'project/floor time':>20}"
+        f"{'dataloader img/s':>18}{'speed-up':>10}"
+    )
     for name, r in results.items():
         dl = r.get("dataloader_img_per_s")
-        print(f"{name:<10}{r['img_per_s']:>15,.0f}{r['floor_img_per_s']:>13,.0f}"
-              f"{r['floor_img_per_s'] / r['img_per_s']:>19.3f}x"
-              f"{dl or float('nan'):>18,.0f}{(r['img_per_s'] / dl if dl else float('nan')):>9.1f}x")
+        print(
+            f"{name:<10}{r['img_per_s']:>15,.0f}{r['floor_img_per_s']:>13,.0f}"
+            f"{r['floor_img_per_s'] / r['img_per_s']:>19.3f}x"
+            f"{dl or float('nan'):>18,.0f}{(r['img_per_s'] / dl if dl else float('nan')):>9.1f}x"
+        )
     if args.out:
         args.out.write_text(json.dumps({"gpu": gpu, "models": results}, indent=2))
 

@@ -15,6 +15,7 @@ from itertools import product
 from pathlib import Path
 
 import torch
+from throughput import floor_img_per_s
 
 from cifar_pipeline import paths
 from cifar_pipeline.config import MODELS, load_params
@@ -22,8 +23,6 @@ from cifar_pipeline.data import load_arrays
 from cifar_pipeline.loader import DeviceData
 from cifar_pipeline.runtime import Settings, configure_backends, pick_device
 from cifar_pipeline.trainer import build_trainer
-
-from throughput import floor_img_per_s
 
 
 def main() -> None:
@@ -47,11 +46,17 @@ def main() -> None:
         trainer.train_epoch(1)
         first_s = time.perf_counter() - start
         second = trainer.train_epoch(2)
-        row = {"model": args.model, "cudnn_benchmark": args.cudnn_benchmark, "bf16": bf16,
-               "channels_last": channels_last, "first_epoch_s": round(first_s, 2),
-               "epoch_s": round(second.epoch_seconds, 3), "img_per_s": round(second.images_per_second),
-               "floor_img_per_s": round(floor_img_per_s(trainer, cfg.batch_size)),
-               "val_acc_after_2": round(second.val_acc, 4)}
+        row = {
+            "model": args.model,
+            "cudnn_benchmark": args.cudnn_benchmark,
+            "bf16": bf16,
+            "channels_last": channels_last,
+            "first_epoch_s": round(first_s, 2),
+            "epoch_s": round(second.epoch_seconds, 3),
+            "img_per_s": round(second.images_per_second),
+            "floor_img_per_s": round(floor_img_per_s(trainer, cfg.batch_size)),
+            "val_acc_after_2": round(second.val_acc, 4),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
         del trainer

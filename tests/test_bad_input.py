@@ -14,15 +14,18 @@ def assert_nothing_left(project) -> None:
     assert not (project / "reports").exists()
 
 
-@pytest.mark.parametrize("path, value, message", [
-    ("cnn.optimizer.lr", -0.1, "cnn.optimizer.lr must be > 0, got -0.1"),
-    ("cnn.optimizer.lrr", 0.1, "unknown key `cnn.optimizer.lrr` (did you mean `lr`?)"),
-    ("runtime.device", "tpu", "runtime.device: must be auto, cuda, cuda:N"),
-    ("resnet18.weights", "IMAGENET1K_V9", "resnet18.weights must be one of"),
-    ("seed", True, "seed must be an integer, got True"),
-    ("cnn.batch_size", 1, "cnn.batch_size must be >= 2"),
-    ("mlflow.tracking_uri", "mlflow.db", "mlflow.tracking_uri: is not a URI"),
-])
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("cnn.optimizer.lr", -0.1, "cnn.optimizer.lr must be > 0, got -0.1"),
+        ("cnn.optimizer.lrr", 0.1, "unknown key `cnn.optimizer.lrr` (did you mean `lr`?)"),
+        ("runtime.device", "tpu", "runtime.device: must be auto, cuda, cuda:N"),
+        ("resnet18.weights", "IMAGENET1K_V9", "resnet18.weights must be one of"),
+        ("seed", True, "seed must be an integer, got True"),
+        ("cnn.batch_size", 1, "cnn.batch_size must be >= 2"),
+        ("mlflow.tracking_uri", "mlflow.db", "mlflow.tracking_uri: is not a URI"),
+    ],
+)
 def test_bad_param_stops_training_before_any_work(project, path, value, message):
     stage("download", cwd=project)
     edit_params(project, **{path: value})

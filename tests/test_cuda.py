@@ -13,8 +13,8 @@ from cifar_pipeline.optim import current_lr
 from cifar_pipeline.recipes import merged
 from cifar_pipeline.runtime import Settings, predict
 from cifar_pipeline.trainer import build_trainer
-from helpers.project import ROOT
 from helpers.data import make_images
+from helpers.project import ROOT
 from test_recipe_features import lrs_per_step, stop_and_restore
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -30,13 +30,17 @@ OPTIMIZERS = {  # Adam (capturable) under the CNN's own schedule; fused SGD unde
 @pytest.fixture(autouse=True)
 def full_precision_math():
     """TF32 alone moved graphed and eager weights 7 % apart; deterministic cuDNN kernels make reruns repeat."""
-    switches = [(torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
-                (torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic")]
+    switches = [
+        (torch.backends.cuda.matmul, "allow_tf32"),
+        (torch.backends.cudnn, "allow_tf32"),
+        (torch.backends.cudnn, "benchmark"),
+        (torch.backends.cudnn, "deterministic"),
+    ]
     saved = [getattr(obj, name) for obj, name in switches]
-    for (obj, name), value in zip(switches, (False, False, False, True)):
+    for (obj, name), value in zip(switches, (False, False, False, True), strict=True):
         setattr(obj, name, value)
     yield
-    for (obj, name), value in zip(switches, saved):
+    for (obj, name), value in zip(switches, saved, strict=True):
         setattr(obj, name, value)
 
 
@@ -69,7 +73,7 @@ def test_the_captured_step_trains_like_the_eager_step(optimizer):
     (eager_lrs, eager), (graphed_lrs, graphed) = runs[False], runs[True]
     assert graphed.step.graph is not None and eager.step.graph is None
     assert graphed_lrs == pytest.approx(eager_lrs, rel=1e-6)  # the schedule's lrs, read from the device tensor
-    for a, b in zip(eager.optimizer.state.values(), graphed.optimizer.state.values()):
+    for a, b in zip(eager.optimizer.state.values(), graphed.optimizer.state.values(), strict=True):
         if "step" in a:  # Adam's step count: the warm-up before the capture was undone
             assert float(a["step"]) == float(b["step"]) == 8
     eager_weights, graphed_weights = dict(eager.model.named_parameters()), dict(graphed.model.named_parameters())
@@ -97,7 +101,7 @@ def test_a_mid_epoch_resume_with_cuda_graphs_gives_the_same_weights(optimizer):
     assert resumed.step.graph is not None
     assert resumed.scheduler.last_epoch == reference.scheduler.last_epoch
     assert current_lr(resumed.optimizer) == current_lr(reference.optimizer)
-    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
 
 

@@ -24,8 +24,9 @@ def tiny_trainer(name: str, n_train: int, compile: bool = False, **model_updates
     torch.manual_seed(0)
     images = torch.randint(0, 256, (n_train + 8, 32, 32, 3), dtype=torch.uint8).numpy()
     labels = torch.randint(0, 10, (n_train + 8,)).numpy()
-    data = DeviceData.from_numpy(images[:n_train], labels[:n_train], images[n_train:], labels[n_train:],
-                                 torch.device("cpu"))
+    data = DeviceData.from_numpy(
+        images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], torch.device("cpu")
+    )
     settings = Settings(torch.device("cpu"), False, False, False, compile, 64, False)
     return build_trainer(params, name, settings, data)
 
@@ -42,7 +43,7 @@ def test_every_optimizer_choice_trains(optimizer):
     trainer = tiny_trainer("cnn", n_train=16, optimizer=cfg)
     before = [p.detach().clone() for p in trainer.model.parameters()]
     trainer.train_epoch(1)
-    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters()))
+    assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters(), strict=True))
     assert type(trainer.optimizer).__name__.lower() == optimizer
 
 
@@ -73,11 +74,14 @@ def test_compile_cache_lives_at_the_project_root_unless_the_user_chose_one(tmp_p
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     if user_dir:
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / user_dir)
-    code = ("import torch\n"  # torch fills the variable with its /tmp default on import
-            "from cifar_pipeline.environment import use_project_compile_cache\n"
-            "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
-            "use_project_compile_cache()\nprint(cache_dir())")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import torch\n"  # torch fills the variable with its /tmp default on import
+        "from cifar_pipeline.environment import use_project_compile_cache\n"
+        "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+        "use_project_compile_cache()\nprint(cache_dir())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    ).stdout.strip()
     expected = tmp_path / user_dir if user_dir else tmp_path.resolve() / "state" / "torch_compile"
     assert out == str(expected)

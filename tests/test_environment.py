@@ -53,8 +53,9 @@ print(json.dumps({"modules": len(modules), "changed": {k: [before[k], after[k]] 
 def test_importing_the_package_changes_no_process_state():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    out = subprocess.run([sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE], env=env, capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout
     report = json.loads(out.splitlines()[-1])
     assert report["modules"] > 20  # the walk found the package
     assert report["changed"] == {}

@@ -26,8 +26,12 @@ sys.stdin.readline()  # hold the GPUs until the test closes stdin
 
 def holder(lock_dir: Path, count: int, claims: int = 1) -> subprocess.Popen:
     """Another process of the project: claims `claims` GPUs and holds them until its stdin closes."""
-    return subprocess.Popen([sys.executable, "-c", CLAIM, str(lock_dir), str(count), str(claims)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", CLAIM, str(lock_dir), str(count), str(claims)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 def read_until(proc: subprocess.Popen, prefix: str) -> str:

@@ -11,10 +11,7 @@ CLASSES = ["a", "b", "c", "d"]
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
 PREDS = np.array([0, 0, 1, 1, 0, 2, 2, 0, 0, 2])  # class 3 is never predicted
 # rows: true, columns: predicted
-CM = np.array([[2, 1, 0, 0],
-               [1, 1, 0, 0],
-               [1, 0, 2, 0],
-               [1, 0, 1, 0]])
+CM = np.array([[2, 1, 0, 0], [1, 1, 0, 0], [1, 0, 2, 0], [1, 0, 1, 0]])
 
 
 def test_confusion_matrix():

@@ -71,10 +71,19 @@ def test_seed_cnn_matches_the_seed_spec():
         return [("conv", cin, cout, (3, 3), (1, 1)), ("bn", cout), ("ReLU",)]
 
     expected = [
-        *block(3, 64), *block(64, 64), ("pool", 2),
-        *block(64, 128), *block(128, 128), ("pool", 2),
-        *block(128, 256), ("pool", 2),
-        ("Flatten",), ("linear", 256 * 4 * 4, 512), ("ReLU",), ("dropout", 0.5), ("linear", 512, 10),
+        *block(3, 64),
+        *block(64, 64),
+        ("pool", 2),
+        *block(64, 128),
+        *block(128, 128),
+        ("pool", 2),
+        *block(128, 256),
+        ("pool", 2),
+        ("Flatten",),
+        ("linear", 256 * 4 * 4, 512),
+        ("ReLU",),
+        ("dropout", 0.5),
+        ("linear", 512, 10),
     ]
     assert [describe(m) for m in SeedCNN()] == expected
 
@@ -131,8 +140,23 @@ def test_count_parameters_follows_requires_grad(params):
 
 def test_count_parameters_of_seed_cnn():
     # conv: 9*cin*cout + cout, BN: 2*c, linear: in*out + out
-    total = (9 * 3 * 64 + 64 + 9 * 64 * 64 + 64 + 9 * 64 * 128 + 128 + 9 * 128 * 128 + 128 + 9 * 128 * 256 + 256
-             + 2 * (64 + 64 + 128 + 128 + 256) + 4096 * 512 + 512 + 512 * 10 + 10)
+    total = (
+        9 * 3 * 64
+        + 64
+        + 9 * 64 * 64
+        + 64
+        + 9 * 64 * 128
+        + 128
+        + 9 * 128 * 128
+        + 128
+        + 9 * 128 * 256
+        + 256
+        + 2 * (64 + 64 + 128 + 128 + 256)
+        + 4096 * 512
+        + 512
+        + 512 * 10
+        + 10
+    )
     assert count_parameters(SeedCNN()) == (total, total)
 
 

@@ -33,8 +33,7 @@ def test_every_key_of_params_yaml_is_validated(path):
     assert path in str(error.value)
 
 
-@pytest.mark.parametrize("path", [key for key in leaf_keys(REPO_PARAMS)
-                                  if key.split(".")[-1] not in ("epochs", "lr")])
+@pytest.mark.parametrize("path", [key for key in leaf_keys(REPO_PARAMS) if key.split(".")[-1] not in ("epochs", "lr")])
 def test_every_key_but_epochs_and_lr_has_a_default(path):
     parse_params(mutated(path, DELETE))
 
@@ -52,28 +51,41 @@ def test_defaults_load_from_the_smallest_params():
 # normalisation and, for the CNN and the fine-tune, their own choices. Everything else in params.yaml
 # (data, runtime, mlflow, weight decay) is free to tune.
 SEED_RECIPES = {
-    "cnn": {"epochs": 30, "batch_size": 64, "dropout": 0.5,
-            "optimizer": {"name": "adam", "lr": 1e-3},
-            "scheduler": {"name": "step", "step_size": 10, "gamma": 0.5},
-            "augment": {"crop_padding": 4, "hflip": True, "brightness": 0.2, "contrast": 0.2},
-            "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}},
-    "resnet34": {"epochs": 10, "batch_size": 64,
-                 "optimizer": {"name": "adam", "lr": 1e-3},
-                 "scheduler": {"name": "none"},
-                 "augment": {"crop_padding": 0, "hflip": False, "brightness": 0.0, "contrast": 0.0}},
-    "resnet18": {"epochs": 10, "batch_size": 64, "image_size": 224, "weights": "IMAGENET1K_V1",
-                 "trainable": ["layer4", "fc"],
-                 "optimizer": {"name": "adam", "lr": 1e-4},
-                 "scheduler": {"name": "none"},
-                 "augment": {"crop_padding": 0, "hflip": True, "brightness": 0.0, "contrast": 0.0},
-                 "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}},
+    "cnn": {
+        "epochs": 30,
+        "batch_size": 64,
+        "dropout": 0.5,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "scheduler": {"name": "step", "step_size": 10, "gamma": 0.5},
+        "augment": {"crop_padding": 4, "hflip": True, "brightness": 0.2, "contrast": 0.2},
+        "normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]},
+    },
+    "resnet34": {
+        "epochs": 10,
+        "batch_size": 64,
+        "optimizer": {"name": "adam", "lr": 1e-3},
+        "scheduler": {"name": "none"},
+        "augment": {"crop_padding": 0, "hflip": False, "brightness": 0.0, "contrast": 0.0},
+    },
+    "resnet18": {
+        "epochs": 10,
+        "batch_size": 64,
+        "image_size": 224,
+        "weights": "IMAGENET1K_V1",
+        "trainable": ["layer4", "fc"],
+        "optimizer": {"name": "adam", "lr": 1e-4},
+        "scheduler": {"name": "none"},
+        "augment": {"crop_padding": 0, "hflip": True, "brightness": 0.0, "contrast": 0.0},
+        "normalize": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    },
 }
 
 
 def pinned(section: dict, spec: dict) -> dict:
     """The part of section that spec names."""
-    return {key: pinned(section[key], value) if isinstance(value, dict) else section[key]
-            for key, value in spec.items()}
+    return {
+        key: pinned(section[key], value) if isinstance(value, dict) else section[key] for key, value in spec.items()
+    }
 
 
 @pytest.mark.parametrize("model", SEED_RECIPES)
@@ -111,29 +123,46 @@ BAD_PARAMS = [
     bad("mlflow.tracking_uri", "sqlit:///mlflow.db", "mlflow.tracking_uri: has the unknown scheme `sqlit`"),
     bad("mlflow.tracking_uri", "sqlite://mlflow.db", "mlflow.tracking_uri: must name a database file"),
     bad("cnn.optimizer.name", "adagrad", "cnn.optimizer.name must be one of 'adam', 'adamw' or 'sgd', got 'adagrad'"),
-    bad("runtime.device", "tpu",
-        "runtime.device: must be auto, cuda, cuda:N (one GPU by index), mps or cpu, got 'tpu'"),
-    bad("runtime.device", "cuda:x",
-        "runtime.device: must be auto, cuda, cuda:N (one GPU by index), mps or cpu, got 'cuda:x'"),
-    bad("cnn.scheduler.name", "linear",
-        "cnn.scheduler.name must be one of 'none', 'step', 'cosine', 'onecycle' or 'warmup_cosine', got 'linear'"),
-    bad("resnet18.weights", "IMAGENET1K_V9",
-        "resnet18.weights must be one of 'IMAGENET1K_V1' or 'none', got 'IMAGENET1K_V9'"),
+    bad(
+        "runtime.device", "tpu", "runtime.device: must be auto, cuda, cuda:N (one GPU by index), mps or cpu, got 'tpu'"
+    ),
+    bad(
+        "runtime.device",
+        "cuda:x",
+        "runtime.device: must be auto, cuda, cuda:N (one GPU by index), mps or cpu, got 'cuda:x'",
+    ),
+    bad(
+        "cnn.scheduler.name",
+        "linear",
+        "cnn.scheduler.name must be one of 'none', 'step', 'cosine', 'onecycle' or 'warmup_cosine', got 'linear'",
+    ),
+    bad(
+        "resnet18.weights",
+        "IMAGENET1K_V9",
+        "resnet18.weights must be one of 'IMAGENET1K_V1' or 'none', got 'IMAGENET1K_V9'",
+    ),
     bad("cnn.dropout", 1.5, "cnn.dropout must be <= 1, got 1.5"),
     bad("cnn.scheduler.gamma", 0, "cnn.scheduler.gamma must be > 0, got 0"),
     bad("cnn.augment.crop_padding", 40, "cnn.augment.crop_padding must be <= 16, got 40"),
     bad("data.md5", "not-an-md5", "data.md5: String should match pattern '^[0-9a-f]{32}$', got 'not-an-md5'"),
     bad("data.train_limit", 5000, "data.val_size = 5000 must be at most data.train_limit - 2 = 4998"),
-    bad("cnn.normalize.mean", [0.5, 0.5],
-        "cnn.normalize.mean: List should have at least 3 items after validation, not 2"),
+    bad(
+        "cnn.normalize.mean",
+        [0.5, 0.5],
+        "cnn.normalize.mean: List should have at least 3 items after validation, not 2",
+    ),
     bad("cnn.normalize.std", [0.5, 0, 0.5], "cnn.normalize.std[1] must be > 0, got 0"),
-    bad("resnet18.trainable", ["layer4"],
-        "resnet18.trainable: must include 'fc' (the new 10-class head), got ['layer4']"),
+    bad(
+        "resnet18.trainable",
+        ["layer4"],
+        "resnet18.trainable: must include 'fc' (the new 10-class head), got ['layer4']",
+    ),
     bad("resnet34", DELETE, "`resnet34` is required but missing"),
     bad("cnn.optimizer", DELETE, "`cnn.optimizer` is required but missing"),
     pytest.param("cnn: [1, 2\n", "params.yaml is not valid YAML", id="yaml-syntax-error"),
-    pytest.param("- cnn\n- resnet34\n", "params.yaml must be a YAML mapping of sections, got list",
-                 id="top-level-list"),
+    pytest.param(
+        "- cnn\n- resnet34\n", "params.yaml must be a YAML mapping of sections, got list", id="top-level-list"
+    ),
     pytest.param(None, "params.yaml not found", id="no-file"),
 ]
 
@@ -157,14 +186,17 @@ def test_every_problem_is_reported_at_once():
     assert "runtime.device: must be auto, cuda, cuda:N" in str(error.value)
 
 
-@pytest.mark.parametrize("path, value, changes", [
-    ("cnn.optimizer.lr", 0.01, True),
-    ("seed", 7, True),
-    ("runtime.deterministic", True, True),
-    ("runtime.progress", False, False),
-    ("resnet34.optimizer.lr", 0.01, False),
-    ("resnet18.epochs", 3, False),
-])
+@pytest.mark.parametrize(
+    "path, value, changes",
+    [
+        ("cnn.optimizer.lr", 0.01, True),
+        ("seed", 7, True),
+        ("runtime.deterministic", True, True),
+        ("runtime.progress", False, False),
+        ("resnet34.optimizer.lr", 0.01, False),
+        ("resnet18.epochs", 3, False),
+    ],
+)
 def test_cnn_stage_key_follows_only_what_changes_its_result(path, value, changes):
     before = parse_params(REPO_PARAMS).stage_key("cnn")
     after = parse_params(mutated(path, value)).stage_key("cnn")

@@ -15,13 +15,27 @@ from cifar_pipeline.run_metadata import epoch_metric
 from helpers.processes import run
 from helpers.project import read_params, write_params
 
-STAGES = ["download", "train_cnn", "train_resnet34", "finetune_resnet18",
-          "evaluate@cnn", "evaluate@resnet34", "evaluate@resnet18", "compare"]
+STAGES = [
+    "download",
+    "train_cnn",
+    "train_resnet34",
+    "finetune_resnet18",
+    "evaluate@cnn",
+    "evaluate@resnet34",
+    "evaluate@resnet18",
+    "compare",
+]
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
 EPOCH_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
 TRAIN_STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
-TEST_METRICS = ["test/accuracy", "test/loss", "test/macro_auc", "test/macro_f1", "test/macro_precision",
-                "test/macro_recall"]
+TEST_METRICS = [
+    "test/accuracy",
+    "test/loss",
+    "test/macro_auc",
+    "test/macro_f1",
+    "test/macro_precision",
+    "test/macro_recall",
+]
 
 
 def ran(stdout: str) -> set[str]:
@@ -68,8 +82,9 @@ def assert_model_run(client: MlflowClient, r, name: str, project, head: str) -> 
     assert {t.key: t.value for t in data_input.tags}["mlflow.data.context"] == "training"
 
     # Test metrics come from evaluate: linked to the logged model and the dataset, run status untouched.
-    [model] = mlflow.search_logged_models(experiment_ids=[r.info.experiment_id], output_format="list",
-                                          filter_string=f"source_run_id = '{r.info.run_id}'")
+    [model] = mlflow.search_logged_models(
+        experiment_ids=[r.info.experiment_id], output_format="list", filter_string=f"source_run_id = '{r.info.run_id}'"
+    )
     linked = {m.key: m for m in model.metrics if m.key.startswith("test/")}
     assert sorted(linked) == sorted(TEST_METRICS), name
     assert linked["test/accuracy"].value == r.data.metrics["test/accuracy"]
@@ -85,8 +100,13 @@ def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     project, first, second = experiments
     assert ran(first) == set(STAGES)
     assert ran(second) == {"train_resnet34", "evaluate@resnet34", "compare"}
-    for path in ["data/cifar10.npz", "reports/comparison.md", "reports/history/resnet18.csv",
-                 *(f"models/{m}/best.pt" for m in EPOCHS), *(f"reports/eval/{m}/confusion_matrix.png" for m in EPOCHS)]:
+    for path in [
+        "data/cifar10.npz",
+        "reports/comparison.md",
+        "reports/history/resnet18.csv",
+        *(f"models/{m}/best.pt" for m in EPOCHS),
+        *(f"reports/eval/{m}/confusion_matrix.png" for m in EPOCHS),
+    ]:
         assert (project / path).is_file(), path
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
@@ -125,8 +145,11 @@ def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     assert [r["mlflow_run_id"] for r in rows] == [r.info.run_id for r in current]
     dvc_metrics = json.loads((project / "reports" / "metrics.json").read_text())
     assert dvc_metrics == {"test_acc": {r["model"]: round(float(r["test_accuracy"]), 4) for r in rows}}
-    shown = run(["dvc", "exp", "show", "--only-changed", "--keep", "test_acc", "--drop", "Created|.*/", "--csv"],
-                project).stdout.splitlines()[0].split(",")  # the README's command
+    shown = (
+        run(["dvc", "exp", "show", "--only-changed", "--keep", "test_acc", "--drop", "Created|.*/", "--csv"], project)
+        .stdout.splitlines()[0]
+        .split(",")
+    )  # the README's command
     assert shown[3:] == ["test_acc.cnn", "test_acc.resnet18", "test_acc.resnet34", "resnet34.optimizer.lr"]
 
 

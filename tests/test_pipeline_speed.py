@@ -10,11 +10,11 @@ import sys
 import numpy as np
 import pytest
 import yaml
-from helpers.processes import run, stage_env
-from helpers.project import ROOT
-from helpers.data import members, write_archive
 
 from cifar_pipeline.data import read_archive
+from helpers.data import members, write_archive
+from helpers.processes import run, stage_env
+from helpers.project import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import pipeline
@@ -28,8 +28,9 @@ print(sorted(m for m in ("torch", "torchvision", "matplotlib") if m in sys.modul
 
 
 def test_compare_stage_imports_neither_torch_nor_matplotlib():
-    out = subprocess.run([sys.executable, "-c", COMPARE_IMPORTS], env=stage_env(), capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", COMPARE_IMPORTS], env=stage_env(), capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip() == "[]"
 
 
@@ -47,8 +48,14 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
     results = tmp_path / "results.json"
     results.write_text(json.dumps({"gpu": "G", "commit": "abc", "date": "d0", "models": {"cnn": {}}, "history": []}))
     stages = {"download": {"wall": 1.0}, "train_cnn": {"wall": 9.0, "train_seconds": 5.0}}
-    result = {"gpu": "G", "commit": "abc", "date": "d1", "torch": "2.x", "command": "c",
-              "runs": {"cold": {"wall": 12.0, "stages": stages}, "warm": {"wall": 10.0, "stages": stages}}}
+    result = {
+        "gpu": "G",
+        "commit": "abc",
+        "date": "d1",
+        "torch": "2.x",
+        "command": "c",
+        "runs": {"cold": {"wall": 12.0, "stages": stages}, "warm": {"wall": 10.0, "stages": stages}},
+    }
     pipeline.record(result, results)
     merged = json.loads(results.read_text())
     assert merged["models"] == {"cnn": {}} and merged["history"] == []
@@ -64,20 +71,48 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
 
 @pytest.mark.slow
 def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path, archive, archive_md5):
-    tiny = {"data.md5": archive_md5, "data.train_limit": 200, "data.test_limit": 100, "data.val_size": 50,
-            "runtime.device": "cpu", "runtime.progress": False,
-            "cnn.epochs": 1, "cnn.batch_size": 32, "resnet34.epochs": 1, "resnet34.batch_size": 32,
-            "resnet18.epochs": 1, "resnet18.batch_size": 32, "resnet18.image_size": 32,
-            "resnet18.weights": "none"}
+    tiny = {
+        "data.md5": archive_md5,
+        "data.train_limit": 200,
+        "data.test_limit": 100,
+        "data.val_size": 50,
+        "runtime.device": "cpu",
+        "runtime.progress": False,
+        "cnn.epochs": 1,
+        "cnn.batch_size": 32,
+        "resnet34.epochs": 1,
+        "resnet34.batch_size": 32,
+        "resnet18.epochs": 1,
+        "resnet18.batch_size": 32,
+        "resnet18.image_size": 32,
+        "resnet18.weights": "none",
+    }
     overrides = [arg for key, value in tiny.items() for arg in ("-S", f"{key}={json.dumps(value)}")]
     results = tmp_path / "results.json"
     out = tmp_path / "out"
-    run([sys.executable, str(ROOT / "benchmarks" / "pipeline.py"), "--archive", str(archive), "--out", str(out),
-         "--record", "--results", str(results), *overrides], ROOT, timeout=3600)
+    run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pipeline.py"),
+            "--archive",
+            str(archive),
+            "--out",
+            str(out),
+            "--record",
+            "--results",
+            str(results),
+            *overrides,
+        ],
+        ROOT,
+        timeout=3600,
+    )
 
     result = json.loads((out / "pipeline.json").read_text())
-    expected = [name for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()
-                if "foreach" not in spec] + [f"evaluate@{m}" for m in ("cnn", "resnet34", "resnet18")]
+    expected = [
+        name
+        for name, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items()
+        if "foreach" not in spec
+    ] + [f"evaluate@{m}" for m in ("cnn", "resnet34", "resnet18")]
     for name in ("cold", "warm"):
         stages = result["runs"][name]["stages"]
         assert sorted(stages) == sorted(expected)

@@ -94,18 +94,21 @@ def bad(tmp_path, name: str, content: bytes):
     return path
 
 
-@pytest.mark.parametrize("case, message", [
-    ("not_an_image", "is not an image (PNG or JPEG expected)"),
-    ("corrupt_image", "is a corrupt image"),
-    ("empty_folder", "has no PNG or JPEG images"),
-    ("missing_file", "does not exist"),
-    ("glob_without_match", "no file matches"),
-    ("unknown_model_uri", "cannot load models:/cifar10-nope@champion from the MLflow store"),
-    ("store_missing", "does not exist; train first"),
-    ("imagenet_state_dict", "is not a model file written by a training stage"),
-    ("weights_of_another_model", "says it holds a cnn, but its weights do not fit one"),
-    ("not_a_torch_file", "is not a model file written by a training stage"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("not_an_image", "is not an image (PNG or JPEG expected)"),
+        ("corrupt_image", "is a corrupt image"),
+        ("empty_folder", "has no PNG or JPEG images"),
+        ("missing_file", "does not exist"),
+        ("glob_without_match", "no file matches"),
+        ("unknown_model_uri", "cannot load models:/cifar10-nope@champion from the MLflow store"),
+        ("store_missing", "does not exist; train first"),
+        ("imagenet_state_dict", "is not a model file written by a training stage"),
+        ("weights_of_another_model", "says it holds a cnn, but its weights do not fit one"),
+        ("not_a_torch_file", "is not a model file written by a training stage"),
+    ],
+)
 def test_bad_input_gives_one_clear_error(capsys, tmp_path, cnn_file, images, case, message):
     model, inputs = str(cnn_file), [str(images)]
     if case == "not_an_image":
@@ -129,8 +132,9 @@ def test_bad_input_gives_one_clear_error(capsys, tmp_path, cnn_file, images, cas
     elif case == "imagenet_state_dict":
         model = str(random_resnet18_weights(tmp_path / "resnet18.pth"))
     elif case == "weights_of_another_model":
-        model = str(model_file(tmp_path / "mixed.pt", build_model("resnet34", Resnet34Params(epochs=1,
-                                                                                             optimizer={"lr": 0.1}))))
+        model = str(
+            model_file(tmp_path / "mixed.pt", build_model("resnet34", Resnet34Params(epochs=1, optimizer={"lr": 0.1})))
+        )
     elif case == "not_a_torch_file":
         model = str(bad(tmp_path, "best.pt", b"not a checkpoint"))
 

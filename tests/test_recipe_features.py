@@ -35,6 +35,7 @@ def cfg(name: str, **update):
 
 # --- augmentation ---------------------------------------------------------------------------------
 
+
 def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
     x = torch.ones(500, 3, 32, 32)
     out = cutout(x, 8, gen())
@@ -83,6 +84,7 @@ def test_rotation_and_cutout_draw_from_the_trainers_generator():
 
 # --- models ---------------------------------------------------------------------------------------
 
+
 def test_default_cnn_is_unchanged_and_width_and_depth_grow_it():
     seed = SeedCNN()
     shapes = [tuple(p.shape) for p in seed.parameters()]
@@ -115,17 +117,25 @@ def test_torchvision_resnet34_is_the_same_architecture():
         return sorted(tuple(p.shape) for p in model.parameters())
 
     for stem in ("cifar", "imagenet"):
-        ours, theirs = (build_model("resnet34", cfg("resnet34", arch=arch, stem=stem))
-                        for arch in ("pipeline", "torchvision"))
+        ours, theirs = (
+            build_model("resnet34", cfg("resnet34", arch=arch, stem=stem)) for arch in ("pipeline", "torchvision")
+        )
         assert shapes(ours) == shapes(theirs)
 
 
 # --- optimizer, lr groups and schedules ------------------------------------------------------------
 
+
 def test_backbone_lr_gets_its_own_group_and_lr_scaling_applies_to_both():
-    trainer = make_trainer("resnet18", n_train=16, trainable=["layer3", "layer4", "fc"], backbone_lr=1e-4,
-                           weights="none", image_size=32,
-                           optimizer={"lr": 1e-3, "reference_batch_size": 4})  # batch 8: lrs doubled
+    trainer = make_trainer(
+        "resnet18",
+        n_train=16,
+        trainable=["layer3", "layer4", "fc"],
+        backbone_lr=1e-4,
+        weights="none",
+        image_size=32,
+        optimizer={"lr": 1e-3, "reference_batch_size": 4},
+    )  # batch 8: lrs doubled
     head, backbone = trainer.optimizer.param_groups
     names = {id(p): n for n, p in trainer.model.named_parameters()}
     assert {names[id(p)] for p in head["params"]} == {"net.fc.weight", "net.fc.bias"}
@@ -170,8 +180,14 @@ def make_trainer(name: str, n_train: int, **section):
 
 def test_onecycle_lr_follows_the_one_cycle_per_step():
     sched = {"name": "onecycle", "pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0}
-    trainer = make_trainer("cnn", width=0.25, n_train=40, epochs=2, scheduler=sched,  # 5 steps an epoch, 10 in all
-                           optimizer={"name": "sgd", "lr": 0.4})
+    trainer = make_trainer(
+        "cnn",
+        width=0.25,
+        n_train=40,
+        epochs=2,
+        scheduler=sched,  # 5 steps an epoch, 10 in all
+        optimizer={"name": "sgd", "lr": 0.4},
+    )
     peak, start = 0.4, 0.04
     end = start / 100
     up = 0.25 * 10 - 1  # steps to the peak (torch counts the phase end as pct_start * total - 1)
@@ -185,17 +201,20 @@ def test_onecycle_lr_follows_the_one_cycle_per_step():
 
 
 def test_warmup_cosine_rises_linearly_then_falls_to_zero():
-    trainer = make_trainer("cnn", width=0.25, n_train=40, epochs=2,
-                           scheduler={"name": "warmup_cosine", "warmup_epochs": 0.8})
+    trainer = make_trainer(
+        "cnn", width=0.25, n_train=40, epochs=2, scheduler={"name": "warmup_cosine", "warmup_epochs": 0.8}
+    )
     lr = PARAMS.cnn.optimizer.lr  # 4 warm-up steps of 10
-    expected = [lr * (t + 1) / 4 for t in range(4)] + [lr * (1 + math.cos(math.pi * (t - 4) / 6)) / 2
-                                                     for t in range(4, 10)]
+    expected = [lr * (t + 1) / 4 for t in range(4)] + [
+        lr * (1 + math.cos(math.pi * (t - 4) / 6)) / 2 for t in range(4, 10)
+    ]
     assert lrs_per_step(trainer, 2) == pytest.approx(expected, rel=1e-6)
 
 
 def test_epoch_schedulers_still_step_once_per_epoch():
-    trainer = make_trainer("cnn", width=0.25, n_train=40, epochs=3,
-                           scheduler={"name": "step", "step_size": 1, "gamma": 0.5})
+    trainer = make_trainer(
+        "cnn", width=0.25, n_train=40, epochs=3, scheduler={"name": "step", "step_size": 1, "gamma": 0.5}
+    )
     assert lrs_per_step(trainer, 2) == pytest.approx([1e-3] * 5 + [5e-4] * 5)
 
 
@@ -213,6 +232,7 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_of_the_training_loss():
 
 
 # --- resume -----------------------------------------------------------------------------------------
+
 
 def stop_and_restore(first, make) -> tuple:
     """Train `first` for an epoch and 2 steps of the next, stopped there by a SIGTERM as training.py is;
@@ -238,10 +258,15 @@ def stop_and_restore(first, make) -> tuple:
 def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
     """Stop after 2 steps of epoch 2, restore a fresh trainer from the saved state (as training.py does
     from the resume checkpoint), finish: weights, optimizer and schedule match an uninterrupted run."""
-    setup = dict(n_train=32, epochs=3, width=0.25, label_smoothing=0.1,
-                 optimizer={"name": "sgd", "lr": 0.05, "nesterov": True},
-                 scheduler={"name": "onecycle"},
-                 augment={"crop_padding": 4, "hflip": True, "rotation": 10, "cutout": 8})
+    setup = dict(
+        n_train=32,
+        epochs=3,
+        width=0.25,
+        label_smoothing=0.1,
+        optimizer={"name": "sgd", "lr": 0.05, "nesterov": True},
+        scheduler={"name": "onecycle"},
+        augment={"crop_padding": 4, "hflip": True, "rotation": 10, "cutout": 8},
+    )
 
     reference = make_trainer("cnn", **setup)
     lrs = lrs_per_step(reference, 3)
@@ -259,12 +284,17 @@ def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():
 
 # --- every recipe trains ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("recipe", [  # ResNet-34 at 32x32 is minutes of CPU on a busy machine: slow suite
-    pytest.param(p.stem, marks=pytest.mark.slow) if p.stem.startswith("resnet34") else p.stem
-    for p in sorted((ROOT / "recipes").glob("*.yaml"))])
+
+@pytest.mark.parametrize(
+    "recipe",
+    [  # ResNet-34 at 32x32 is minutes of CPU on a busy machine: slow suite
+        pytest.param(p.stem, marks=pytest.mark.slow) if p.stem.startswith("resnet34") else p.stem
+        for p in sorted((ROOT / "recipes").glob("*.yaml"))
+    ],
+)
 def test_every_recipe_trains_a_short_epoch_on_the_cpu(recipe):
     changes = yaml.safe_load((ROOT / "recipes" / f"{recipe}.yaml").read_text())
-    (name, section), = changes.items()
+    ((name, section),) = changes.items()
     section = {**section, "epochs": 3, "batch_size": 8}
     if name == "resnet18":
         section.update(weights="none", image_size=32)
@@ -273,4 +303,3 @@ def test_every_recipe_trains_a_short_epoch_on_the_cpu(recipe):
     result = trainer.train_epoch(1)
     assert math.isfinite(result.train_loss) and 0 <= result.val_acc <= 1
     assert any(not torch.equal(b, p) for b, p in zip(before, trainer.model.parameters(), strict=True))
-

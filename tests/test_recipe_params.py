@@ -31,31 +31,46 @@ def test_every_switch_is_off_in_params_yaml():
     assert p.resnet18.backbone_lr is None
 
 
-@pytest.mark.parametrize("path, value, message", [
-    ("cnn.label_smoothing", 1.0, "cnn.label_smoothing must be < 1, got 1.0"),
-    ("cnn.label_smoothing", -0.1, "cnn.label_smoothing must be >= 0, got -0.1"),
-    ("cnn.augment.cutout", 33, "cnn.augment.cutout must be <= 32, got 33"),
-    ("cnn.augment.cutout", -1, "cnn.augment.cutout must be >= 0, got -1"),
-    ("cnn.augment.rotation", 181, "cnn.augment.rotation must be <= 180, got 181"),
-    ("cnn.width", 0, "cnn.width must be > 0, got 0"),
-    ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none' or 'flip', got 'rotate'"),
-    ("cnn.extra_convs", 5, "cnn.extra_convs must be <= 4, got 5"),
-    ("resnet34.stem", "tiny", "resnet34.stem must be one of 'imagenet' or 'cifar', got 'tiny'"),
-    ("resnet34.arch", "timm", "resnet34.arch must be one of 'pipeline' or 'torchvision', got 'timm'"),
-    ("resnet18.backbone_lr", 0, "resnet18.backbone_lr must be > 0, got 0"),
-    ("cnn.optimizer.reference_batch_size", 0, "cnn.optimizer.reference_batch_size must be > 0, got 0"),
-    ("cnn.scheduler", {"name": "onecycle", "pct_start": 1.0}, "cnn.scheduler.pct_start must be < 1, got 1.0"),
-    ("cnn.scheduler", {"name": "onecycle", "div_factor": 0.5}, "cnn.scheduler.div_factor must be >= 1, got 0.5"),
-    ("cnn.scheduler", {"name": "warmup_cosine", "warmup_epochs": -1},
-     "cnn.scheduler.warmup_epochs must be >= 0, got -1"),
-    ("cnn.scheduler", {"name": "warmup_cosine", "warmup_epochs": 30},
-     "cnn: scheduler.warmup_epochs = 30.0 must be below epochs = 30"),
-    ("cnn.optimizer", {"name": "adam", "lr": 0.001, "nesterov": True},
-     "cnn.optimizer: nesterov = true needs name = sgd and momentum > 0 (got name = adam"),
-    ("cnn.optimizer", {"name": "sgd", "lr": 0.1, "momentum": 0, "nesterov": True},
-     "nesterov = true needs name = sgd and momentum > 0 (got name = sgd, momentum = 0.0)"),
-    ("resnet18.trainable", ["fc"], None),  # valid alone; with a backbone lr it is not (below)
-])
+@pytest.mark.parametrize(
+    "path, value, message",
+    [
+        ("cnn.label_smoothing", 1.0, "cnn.label_smoothing must be < 1, got 1.0"),
+        ("cnn.label_smoothing", -0.1, "cnn.label_smoothing must be >= 0, got -0.1"),
+        ("cnn.augment.cutout", 33, "cnn.augment.cutout must be <= 32, got 33"),
+        ("cnn.augment.cutout", -1, "cnn.augment.cutout must be >= 0, got -1"),
+        ("cnn.augment.rotation", 181, "cnn.augment.rotation must be <= 180, got 181"),
+        ("cnn.width", 0, "cnn.width must be > 0, got 0"),
+        ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none' or 'flip', got 'rotate'"),
+        ("cnn.extra_convs", 5, "cnn.extra_convs must be <= 4, got 5"),
+        ("resnet34.stem", "tiny", "resnet34.stem must be one of 'imagenet' or 'cifar', got 'tiny'"),
+        ("resnet34.arch", "timm", "resnet34.arch must be one of 'pipeline' or 'torchvision', got 'timm'"),
+        ("resnet18.backbone_lr", 0, "resnet18.backbone_lr must be > 0, got 0"),
+        ("cnn.optimizer.reference_batch_size", 0, "cnn.optimizer.reference_batch_size must be > 0, got 0"),
+        ("cnn.scheduler", {"name": "onecycle", "pct_start": 1.0}, "cnn.scheduler.pct_start must be < 1, got 1.0"),
+        ("cnn.scheduler", {"name": "onecycle", "div_factor": 0.5}, "cnn.scheduler.div_factor must be >= 1, got 0.5"),
+        (
+            "cnn.scheduler",
+            {"name": "warmup_cosine", "warmup_epochs": -1},
+            "cnn.scheduler.warmup_epochs must be >= 0, got -1",
+        ),
+        (
+            "cnn.scheduler",
+            {"name": "warmup_cosine", "warmup_epochs": 30},
+            "cnn: scheduler.warmup_epochs = 30.0 must be below epochs = 30",
+        ),
+        (
+            "cnn.optimizer",
+            {"name": "adam", "lr": 0.001, "nesterov": True},
+            "cnn.optimizer: nesterov = true needs name = sgd and momentum > 0 (got name = adam",
+        ),
+        (
+            "cnn.optimizer",
+            {"name": "sgd", "lr": 0.1, "momentum": 0, "nesterov": True},
+            "nesterov = true needs name = sgd and momentum > 0 (got name = sgd, momentum = 0.0)",
+        ),
+        ("resnet18.trainable", ["fc"], None),  # valid alone; with a backbone lr it is not (below)
+    ],
+)
 def test_bad_switches_are_rejected_with_a_clear_message(path, value, message):
     if message is None:
         parse_params(mutated(path, value))
@@ -92,7 +107,13 @@ def test_the_required_recipes_exist():
 
 def test_hydra_values_round_trip_through_dvc_syntax():
     assert [hydra(v) for v in (True, None, 0.0005, 512, "none", ["layer3", "fc"])] == [
-        "true", "null", "0.0005", "512", "none", "[layer3,fc]"]
+        "true",
+        "null",
+        "0.0005",
+        "512",
+        "none",
+        "[layer3,fc]",
+    ]
 
 
 def test_a_recipe_that_breaks_the_schema_is_one_error_line(tmp_path):
@@ -100,11 +121,14 @@ def test_a_recipe_that_breaks_the_schema_is_one_error_line(tmp_path):
     (tmp_path / "recipes").mkdir()
     (tmp_path / "recipes" / "bad.yaml").write_text(yaml.safe_dump({"cnn": {"augment": {"cutuot": 8}}}))
     (tmp_path / "recipes" / "two.yaml").write_text(yaml.safe_dump({"cnn": {"epochs": 1}, "resnet34": {"epochs": 1}}))
-    for name, message in [("bad", "unknown key `cnn.augment.cutuot` (did you mean `cutout`?)"),
-                          ("two", "must change exactly one of the sections"),
-                          ("missing", "no recipe 'missing': recipes/missing.yaml not found; recipes here: bad, two")]:
-        out = subprocess.run([sys.executable, "-m", "cifar_pipeline.recipes", name], cwd=tmp_path,
-                             capture_output=True, text=True)
+    for name, message in [
+        ("bad", "unknown key `cnn.augment.cutuot` (did you mean `cutout`?)"),
+        ("two", "must change exactly one of the sections"),
+        ("missing", "no recipe 'missing': recipes/missing.yaml not found; recipes here: bad, two"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "cifar_pipeline.recipes", name], cwd=tmp_path, capture_output=True, text=True
+        )
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr

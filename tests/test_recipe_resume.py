@@ -15,9 +15,12 @@ from helpers.processes import run, sigterm_after, stage
 from helpers.project import read_params, write_params
 from test_resume import assert_one_complete_run, final_weights, resumable  # noqa: F401
 
-PER_STEP = {"optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
-            "scheduler": {"name": "onecycle", "pct_start": 0.3}, "label_smoothing": 0.1,
-            "augment": {"crop_padding": 4, "hflip": True, "rotation": 10.0, "cutout": 8}}
+PER_STEP = {
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
+    "scheduler": {"name": "onecycle", "pct_start": 0.3},
+    "label_smoothing": 0.1,
+    "augment": {"crop_padding": 4, "hflip": True, "rotation": 10.0, "cutout": 8},
+}
 
 
 def logged_lrs(project) -> list[str]:
@@ -37,8 +40,9 @@ def test_sigterm_mid_epoch_under_onecycle_resumes_exactly(resumable, tmp_path): 
     params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun ("epoch 1:" comes before that)
     write_params(resumable, params)
 
-    out = sigterm_after([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable, r"cnn epoch 2/",
-                        raw=True)
+    out = sigterm_after(
+        [sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable, r"cnn epoch 2/", raw=True
+    )
     assert re.search(r"checkpoint at epoch 2, step \d+", out), out
 
     rerun = stage("train", "cnn", cwd=resumable)

@@ -23,8 +23,24 @@ def test_benchmark_runs_each_recipe_and_seed_as_an_experiment(project, tmp_path)
     run(["git", "commit", "-qm", "recipes"], project)
     params_before = read_params(project)
     out = tmp_path / "bench"
-    run([sys.executable, str(ROOT / "benchmarks" / "recipes.py"), "--recipes", "cnn-fast", "--seeds", "0", "1",
-         "--out", str(out), "-S", "cnn.epochs=2", "-S", "cnn.batch_size=32"], project)
+    run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "recipes.py"),
+            "--recipes",
+            "cnn-fast",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            str(out),
+            "-S",
+            "cnn.epochs=2",
+            "-S",
+            "cnn.batch_size=32",
+        ],
+        project,
+    )
 
     rows = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert [(r["recipe"], r["seed"], r["epochs"]) for r in rows] == [("cnn-fast", 0, 2), ("cnn-fast", 1, 2)]
@@ -36,11 +52,17 @@ def test_benchmark_runs_each_recipe_and_seed_as_an_experiment(project, tmp_path)
     assert s["test_accuracy_std"] == pytest.approx(statistics.stdev(accuracies))
     assert s["train_seconds"] > 0 and s["wall_seconds"] > s["train_seconds"]
     assert summary["environment"]["commit"] and summary["environment"]["extra_overrides"] == [
-        "cnn.epochs=2", "cnn.batch_size=32"]
+        "cnn.epochs=2",
+        "cnn.batch_size=32",
+    ]
 
     assert read_params(project) == params_before  # --temp: the workspace's params.yaml is not edited
-    assert subprocess.run(["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True,
-                          text=True).stdout == ""
+    assert (
+        subprocess.run(
+            ["git", "status", "--porcelain", "params.yaml"], cwd=project, capture_output=True, text=True
+        ).stdout
+        == ""
+    )
     roc_csv = run(["git", "show", f"{rows[0]['experiment_rev']}:reports/eval/cnn/roc.csv"], project).stdout
     assert roc_csv.splitlines()[0] == "fpr,airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
 

@@ -67,14 +67,16 @@ def test_no_alias_when_registration_is_off(tracker):
 def model_file(tmp_path):
     cfg = CnnParams(epochs=1, optimizer={"lr": 0.001})
     path = tmp_path / "best.pt"
-    checkpoint.save(checkpoint.model_file("cnn", cfg.model_dump(), CLASSES, build_model("cnn", cfg).state_dict()),
-                    path)
+    checkpoint.save(checkpoint.model_file("cnn", cfg.model_dump(), CLASSES, build_model("cnn", cfg).state_dict()), path)
     return path
 
 
 def run_models(tracker: Tracker) -> list:
-    return mlflow.search_logged_models(experiment_ids=[tracker.experiment_id], output_format="list",
-                                       filter_string=f"source_run_id = '{tracker.run_id}'")
+    return mlflow.search_logged_models(
+        experiment_ids=[tracker.experiment_id],
+        output_format="list",
+        filter_string=f"source_run_id = '{tracker.run_id}'",
+    )
 
 
 def test_rerun_after_an_interrupted_log_model_leaves_one_model_and_one_version(tracker, model_file):
@@ -91,8 +93,9 @@ def test_rerun_after_an_interrupted_log_model_leaves_one_model_and_one_version(t
     again = registry.publish(tracker, model_file, CLASSES, example, "cifar10-cnn")  # e.g. killed before run end
 
     models = run_models(tracker)
-    assert [(m.model_id, m.status) for m in models] == [(first["model_uri"][len("models:/"):],
-                                                         LoggedModelStatus.READY)]
+    assert [(m.model_id, m.status) for m in models] == [
+        (first["model_uri"][len("models:/") :], LoggedModelStatus.READY)
+    ]
     assert pending.model_id != models[0].model_id != failed.model_id
     assert again == first == {**first, "registered_model": "cifar10-cnn", "version": 1}
     assert len(client.search_model_versions(f"run_id = '{tracker.run_id}'")) == 1

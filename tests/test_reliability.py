@@ -54,6 +54,7 @@ def assert_no_lock_files(project) -> None:
 
 # 1. Data and file faults when a stage runs directly
 
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_broken_prepared_data_is_one_error_before_the_store_is_touched(project, damage):
     npz = project / "data" / "cifar10.npz"
@@ -76,8 +77,12 @@ def test_broken_model_file_is_one_error(project, damage):
     write_run_info(project, "cnn")
     cfg = load_params(project / "params.yaml").cnn
     best = project / "models" / "cnn" / "best.pt"
-    torch.save(checkpoint.model_file("cnn", cfg.model_dump(), [f"class{i}" for i in range(10)],
-                                     build_model("cnn", cfg).state_dict()), best)
+    torch.save(
+        checkpoint.model_file(
+            "cnn", cfg.model_dump(), [f"class{i}" for i in range(10)], build_model("cnn", cfg).state_dict()
+        ),
+        best,
+    )
     best.write_bytes(best.read_bytes()[:100_000] if damage == "truncate" else os.urandom(100_000))
 
     result = stage("evaluate", "cnn", cwd=project, check=False)
@@ -104,6 +109,7 @@ def test_archive_path_that_is_a_folder_is_one_error(project):
 
 # 2. Params the schema used to accept (the full table is in test_params.py)
 
+
 def test_sqlite_store_under_a_file_fails_before_any_work(project):
     edit_params(project, **{"mlflow.tracking_uri": "sqlite:///params.yaml/mlflow.db"})
     result = stage("train", "cnn", cwd=project, check=False)  # no `download` run: the store is named first
@@ -112,6 +118,7 @@ def test_sqlite_store_under_a_file_fails_before_any_work(project):
 
 
 # 3. Silent bad results
+
 
 @pytest.mark.slow
 def test_diverging_training_fails_marks_the_run_failed_and_publishes_nothing(small):
@@ -153,11 +160,15 @@ def test_params_edited_during_training_fail_the_stage_and_dvc_lock_stays_honest(
 
 # 4. A resume whose run is gone, or in another store or experiment, starts fresh
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("change, warning", [
-    ({"mlflow.tracking_uri": "sqlite:///other.db"}, "is not in the store"),
-    ({"mlflow.experiment": "other"}, "is in another experiment than mlflow.experiment = other"),
-])
+@pytest.mark.parametrize(
+    "change, warning",
+    [
+        ({"mlflow.tracking_uri": "sqlite:///other.db"}, "is not in the store"),
+        ({"mlflow.experiment": "other"}, "is in another experiment than mlflow.experiment = other"),
+    ],
+)
 def test_resume_into_another_store_or_experiment_starts_a_fresh_run(small, change, warning):
     edit_params(small, **{"cnn.epochs": 3})
     sigterm_after(TRAIN_CNN, small, r"epoch 1:")
@@ -180,6 +191,7 @@ def test_resume_into_another_store_or_experiment_starts_a_fresh_run(small, chang
 
 
 # 5. MLflow leftovers after interruptions
+
 
 @pytest.mark.slow
 def test_sigint_during_start_up_prints_no_traceback_and_leaves_no_running_run(small):
@@ -219,6 +231,7 @@ def test_run_orphaned_by_sigkill_is_marked_killed_by_the_next_start(small):
 
 # 6. Permissions, found before any work
 
+
 @pytest.mark.parametrize("blocked", ["reports", "models", "state"])
 def test_output_folder_blocked_by_a_file_fails_before_any_work(project, blocked):
     (project / blocked).write_text("in the way")
@@ -250,6 +263,7 @@ def test_read_only_store_is_one_error(small):
 
 # 7. Minor but visible
 
+
 def test_weights_path_that_is_a_folder_is_named_before_the_data_load(project, tmp_path):
     edit_params(project, **{"resnet18.weights_path": str(tmp_path)})  # no `download` run: data is missing too
     assert_clean_failure(stage("train", "resnet18", cwd=project, check=False), "is a directory, not a file")
@@ -267,8 +281,14 @@ def test_weights_of_another_model_give_a_short_error(small, tmp_path):
 def test_compare_checks_the_tracker_before_writing_reports(project):
     for name in ("cnn", "resnet34", "resnet18"):
         write_run_info(project, name)
-        summary = {"best_val_acc": 0.5, "epochs": 1, "train_seconds": 1.0, "images_per_second": 1.0,
-                   "params_trainable": 1, "params_total": 1}
+        summary = {
+            "best_val_acc": 0.5,
+            "epochs": 1,
+            "train_seconds": 1.0,
+            "images_per_second": 1.0,
+            "params_trainable": 1,
+            "params_total": 1,
+        }
         (project / "reports" / "train").mkdir(parents=True, exist_ok=True)
         (project / "reports" / "train" / f"{name}.json").write_text(json.dumps(summary))
         (project / "reports" / "eval" / name).mkdir(parents=True)

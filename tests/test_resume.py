@@ -91,7 +91,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_p
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
-    client, runs = cnn_runs(resumable)
+    _, runs = cnn_runs(resumable)
     assert [r.info.status for r in runs] == ["KILLED"]
     assert len(list((resumable / "state" / "resume").glob("train_cnn-*.pt"))) == 1
 
@@ -123,8 +123,9 @@ def test_corrupt_checkpoint_warns_and_starts_fresh(resumable):
     params = read_params(resumable)
     params["cnn"]["epochs"] = 1
     write_params(resumable, params)
-    key = resume_key(load_params(resumable / "params.yaml"), "cnn", torch.device("cpu"),
-                     md5sum(resumable / "data" / "cifar10.npz"))
+    key = resume_key(
+        load_params(resumable / "params.yaml"), "cnn", torch.device("cpu"), md5sum(resumable / "data" / "cifar10.npz")
+    )
     bad = resumable / "state" / "resume" / f"train_cnn-{key}.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(b"PK\x03\x04 truncated")

@@ -10,8 +10,8 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.config import MlflowParams, RuntimeParams, load_params, parse_params
-from cifar_pipeline.runtime import Settings
 from cifar_pipeline.run_metadata import epoch_metric, model_params, resolved_runtime, run_name, with_exp
+from cifar_pipeline.runtime import Settings
 from cifar_pipeline.tracking import Tracker
 from helpers.project import ROOT, mutated
 

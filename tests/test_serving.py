@@ -21,8 +21,8 @@ from PIL import Image
 
 from cifar_pipeline.augment import to_unit_float
 from cifar_pipeline.config import load_params
-from cifar_pipeline.runtime import Settings, predict
 from cifar_pipeline.evaluation import load_trained
+from cifar_pipeline.runtime import Settings, predict
 from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
 from helpers.project import make_project
 
@@ -78,8 +78,19 @@ def store_uri(project) -> str:
 
 def test_predict_cli_matches_evaluate_for_a_file_and_an_alias(trained, test_set, evaluate_predictions):
     folder = test_set[0]
-    by_file = run([sys.executable, "-m", "cifar_pipeline.predict", "-m", "models/cnn/best.pt", str(folder),
-                   "--out", "predictions.csv"], trained)
+    by_file = run(
+        [
+            sys.executable,
+            "-m",
+            "cifar_pipeline.predict",
+            "-m",
+            "models/cnn/best.pt",
+            str(folder),
+            "--out",
+            "predictions.csv",
+        ],
+        trained,
+    )
     assert "200 predictions written to predictions.csv" in by_file.stderr
     with open(trained / "predictions.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -88,8 +99,21 @@ def test_predict_cli_matches_evaluate_for_a_file_and_an_alias(trained, test_set,
     probabilities = np.array([[float(r[c]) for c in test_set[3]] for r in rows])
     assert np.allclose(probabilities.sum(1), 1, atol=1e-4)
 
-    by_alias = run([sys.executable, "-m", "cifar_pipeline.predict", "-m", MODEL_URI, "test_images/*.png",
-                    "--format", "json", "--top-k", "2"], trained)
+    by_alias = run(
+        [
+            sys.executable,
+            "-m",
+            "cifar_pipeline.predict",
+            "-m",
+            MODEL_URI,
+            "test_images/*.png",
+            "--format",
+            "json",
+            "--top-k",
+            "2",
+        ],
+        trained,
+    )
     records = json.loads(by_alias.stdout)
     assert [r["class"] for r in records] == evaluate_predictions
     assert all(len(r["top_k"]) == 2 and r["top_k"][0]["class"] == r["class"] for r in records)
@@ -109,8 +133,9 @@ def test_registered_model_loads_by_alias_in_a_fresh_process(trained, test_set, e
                    "columns": as_uint8.columns.tolist(), "sums": as_uint8.iloc[:, 1:].sum(axis=1).tolist()}},
                   sys.stdout)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=trained, env=stage_env(), capture_output=True,
-                          text=True, timeout=600)  # stage_env drops every MLFLOW_* variable but telemetry
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=trained, env=stage_env(), capture_output=True, text=True, timeout=600
+    )  # stage_env drops every MLFLOW_* variable but telemetry
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["uint8"] == evaluate_predictions
@@ -136,13 +161,30 @@ def test_logged_model_is_code_plus_weights_no_pickle(trained):
 def test_mlflow_models_serve_answers_with_class_names(trained, test_set, evaluate_predictions):
     port = free_port()
     server = start_in_own_group(
-        [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-         "-h", "127.0.0.1", "-p", str(port)], trained, MLFLOW_TRACKING_URI=store_uri(trained))
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            MODEL_URI,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        trained,
+        MLFLOW_TRACKING_URI=store_uri(trained),
+    )
     try:
         wait_for_line(server, r"Uvicorn running on|Listening at")  # ready once uvicorn says it is listening
         body = json.dumps({"inputs": test_set[1].tolist()}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=300) as response:
             answer = json.load(response)
     finally:

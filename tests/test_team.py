@@ -26,8 +26,10 @@ pytestmark = pytest.mark.slow
 BUCKET = "team"
 UI_HOST = "mlflow.team.test"
 EPOCHS = {"cnn": 3, "resnet34": 1, "resnet18": 1}
-EPOCH_METRICS = [epoch_metric(c) for c in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds",
-                                           "images_per_second")]
+EPOCH_METRICS = [
+    epoch_metric(c)
+    for c in ("train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second")
+]
 
 
 @dataclass
@@ -60,9 +62,13 @@ def servers(tmp_path_factory) -> Servers:
 def s3_client(endpoint: str):
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint, region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
-                        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-                        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"])
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_CREDENTIALS["AWS_DEFAULT_REGION"],
+        aws_access_key_id=S3_CREDENTIALS["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=S3_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+    )
 
 
 def bucket_keys(servers: Servers, prefix: str) -> set[str]:
@@ -87,8 +93,15 @@ def tracked(servers, tmp_path_factory, archive, archive_md5) -> TrackedProject:
     write_params(repo, params)
     run(["git", "commit", "-qam", "3 cnn epochs"], repo)
 
-    proc = subprocess.Popen(["dvc", "repro"], cwd=repo, env=stage_env(MLFLOW_TRACKING_URI=servers.tracking_uri),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=repo,
+        env=stage_env(MLFLOW_TRACKING_URI=servers.tracking_uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     wait_for_line(proc, r"train_cnn epoch 1:")  # printed once epoch 2 has started
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -113,8 +126,10 @@ def test_killed_stage_resumes_its_server_run_and_everything_reads_back(servers, 
     experiment = client.get_experiment_by_name("cifar10")
     assert experiment.artifact_location.startswith("mlflow-artifacts:")  # proxied: clients need no S3 access
     runs = client.search_runs([experiment.experiment_id])
-    by_name = {name: [r for r in runs if r.data.tags.get("model", r.data.tags["stage"]) == name]
-               for name in [*EPOCHS, "compare"]}
+    by_name = {
+        name: [r for r in runs if r.data.tags.get("model", r.data.tags["stage"]) == name]
+        for name in [*EPOCHS, "compare"]
+    }
     assert {name: len(found) for name, found in by_name.items()} == {**dict.fromkeys(EPOCHS, 1), "compare": 1}
     assert by_name["cnn"][0].info.run_id == tracked.killed_run_id
 
@@ -126,24 +141,35 @@ def test_killed_stage_resumes_its_server_run_and_everything_reads_back(servers, 
             steps = [m.step for m in client.get_metric_history(r.info.run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (name, key, steps)
         assert 0.0 <= r.data.metrics["test/accuracy"] <= 1.0  # evaluate logged into the same run
-        artifacts = {a.path for folder in (None, "checkpoints", "evaluation")
-                     for a in client.list_artifacts(r.info.run_id, folder)}
+        artifacts = {
+            a.path
+            for folder in (None, "checkpoints", "evaluation")
+            for a in client.list_artifacts(r.info.run_id, folder)
+        }
         expected = {"checkpoints/best.pt", "checkpoints/last.pt", "confusion_matrix.png", "evaluation/metrics.json"}
         assert expected <= artifacts
         mlflow.set_tracking_uri(servers.tracking_uri)
-        models = mlflow.search_logged_models(experiment_ids=[experiment.experiment_id], output_format="list",
-                                             filter_string=f"source_run_id = '{r.info.run_id}'")
+        models = mlflow.search_logged_models(
+            experiment_ids=[experiment.experiment_id],
+            output_format="list",
+            filter_string=f"source_run_id = '{r.info.run_id}'",
+        )
         assert [m.name for m in models] == ["best_model"], name
 
-    fetched = mlflow.artifacts.download_artifacts(run_id=tracked.killed_run_id, artifact_path="checkpoints/best.pt",
-                                                  dst_path=str(tmp_path), tracking_uri=servers.tracking_uri)
+    fetched = mlflow.artifacts.download_artifacts(
+        run_id=tracked.killed_run_id,
+        artifact_path="checkpoints/best.pt",
+        dst_path=str(tmp_path),
+        tracking_uri=servers.tracking_uri,
+    )
     assert sha256(Path(fetched)) == sha256(tracked.repo / "models" / "cnn" / "best.pt")
     stored = bucket_keys(servers, "mlartifacts/")
     assert any(key.endswith(f"{tracked.killed_run_id}/artifacts/checkpoints/best.pt") for key in stored), stored
 
     with psycopg.connect(servers.postgres_uri.replace("+psycopg", "")) as db:
-        (count,) = db.execute("SELECT count(*) FROM runs WHERE experiment_id = %s",
-                              (int(experiment.experiment_id),)).fetchone()
+        (count,) = db.execute(
+            "SELECT count(*) FROM runs WHERE experiment_id = %s", (int(experiment.experiment_id),)
+        ).fetchone()
     assert count == len(runs)
 
 
@@ -154,8 +180,12 @@ def test_ui_answers_only_its_allowed_host_name_and_origin(servers):
 
     def status(host: str, origin: str | None = None) -> int:
         headers = {"Host": host, "Content-Type": "application/json", **({"Origin": origin} if origin else {})}
-        request = urllib.request.Request(f"{servers.tracking_uri}/ajax-api/2.0/mlflow/experiments/search",
-                                         data=b'{"max_results": 1}', headers=headers, method="POST")
+        request = urllib.request.Request(
+            f"{servers.tracking_uri}/ajax-api/2.0/mlflow/experiments/search",
+            data=b'{"max_results": 1}',
+            headers=headers,
+            method="POST",
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return response.status
@@ -192,14 +222,18 @@ def test_queued_experiments_run_in_parallel_against_the_server(servers, tracked)
     from mlflow import MlflowClient
 
     for lr in ("0.002", "0.003"):
-        run(["dvc", "exp", "run", "--queue", "-S", "cnn.epochs=1", "-S", f"cnn.optimizer.lr={lr}"], tracked.repo,
-            MLFLOW_TRACKING_URI=servers.tracking_uri)
+        run(
+            ["dvc", "exp", "run", "--queue", "-S", "cnn.epochs=1", "-S", f"cnn.optimizer.lr={lr}"],
+            tracked.repo,
+            MLFLOW_TRACKING_URI=servers.tracking_uri,
+        )
     run(["dvc", "exp", "run", "--run-all", "--jobs", "2"], tracked.repo, MLFLOW_TRACKING_URI=servers.tracking_uri)
 
     client = MlflowClient(servers.tracking_uri)
     experiment = client.get_experiment_by_name("cifar10")
-    runs = [r for r in client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
-            if "dvc_exp_name" in r.data.tags]
+    runs = [
+        r for r in client.search_runs([experiment.experiment_id], "tags.model = 'cnn'") if "dvc_exp_name" in r.data.tags
+    ]
     assert sorted(r.data.params["optimizer.lr"] for r in runs) == ["0.002", "0.003"]
     for r in runs:
         assert r.info.status == "FINISHED"

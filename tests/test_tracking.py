@@ -12,9 +12,9 @@ import torch
 from mlflow import MlflowClient
 
 from cifar_pipeline.config import MlflowParams
-from cifar_pipeline.runtime import explain_oom
 from cifar_pipeline.errors import TrainingError
 from cifar_pipeline.paths import project_root
+from cifar_pipeline.runtime import explain_oom
 from cifar_pipeline.tracking import flatten, resolve_tracking_uri
 from helpers.processes import run, stage_env
 
@@ -60,8 +60,16 @@ def test_out_of_memory_names_the_model_and_a_smaller_batch():
 
 def test_parallel_writers_on_one_new_sqlite_store_lose_nothing(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, uri, str(i), str(STEPS)], env=stage_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(WRITERS)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, uri, str(i), str(STEPS)],
+            env=stage_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(WRITERS)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out

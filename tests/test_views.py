@@ -23,8 +23,10 @@ MODELS = ["cnn", "resnet34", "resnet18"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 GENAI_ONLY = ["Agent versions", "Judges", "Prompts", "Training runs"]  # sidebar entries of MLflow's GenAI mode
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +65,14 @@ def test_dvc_plots_draw_every_chart_with_the_network_blocked(experiments, browse
 
     context = browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
     requested: list[str] = []
-    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:")
-                  else (requested.append(route.request.url), route.abort()))
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith("file:")
+            else (requested.append(route.request.url), route.abort())
+        ),
+    )
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -93,9 +101,16 @@ def mlflow_ui(experiments, tmp_path_factory):
     project = experiments[0]
     log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "cifar_pipeline.ui", "--port", str(free_port())], cwd=project,
-                                env=stage_env(), stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cifar_pipeline.ui", "--port", str(free_port())],
+            cwd=project,
+            env=stage_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
+
         def started() -> bool:
             return "Application startup complete" in log.read_text()  # a worker serves requests
 
@@ -132,8 +147,10 @@ def test_mlflow_compare_view_shows_the_confusion_matrices_of_different_models(ex
     assert sorted(r.data.tags["model"] for r in runs) == sorted(MODELS)
     ids = quote(json.dumps([r.info.run_id for r in runs]))
     page = browser.new_page(viewport={"width": 1500, "height": 900})
-    page.goto(f"{base(mlflow_ui)}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment]))}"
-              "&workflowType=machine_learning")
+    page.goto(
+        f"{base(mlflow_ui)}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment]))}"
+        "&workflowType=machine_learning"
+    )
     page.get_by_text("confusion_matrix.png").first.wait_for()  # listed among the runs' common artifacts
     for key in ["optimizer.lr", "epochs", "test/accuracy"]:  # params and metrics line up across models
         assert page.get_by_text(key, exact=True).count() >= 1, key
@@ -143,14 +160,16 @@ def test_mlflow_compare_view_shows_the_confusion_matrices_of_different_models(ex
 
 def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser):
     client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
-    [cnn] = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id],
-                               "attributes.run_name = 'cnn-first'")
+    [cnn] = client.search_runs(
+        [client.get_experiment_by_name("cifar10").experiment_id], "attributes.run_name = 'cnn-first'"
+    )
     page = browser.new_page(viewport={"width": 1500, "height": 900})
-    page.goto(f"{base(mlflow_ui)}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
-              "?workflowType=machine_learning")
+    page.goto(
+        f"{base(mlflow_ui)}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
+        "?workflowType=machine_learning"
+    )
     page.get_by_text("test_per_class", exact=True).wait_for()
-    sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("body").inner_text().replace("\n(", " ("),
-                          flags=re.M)
+    sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("body").inner_text().replace("\n(", " ("), flags=re.M)
     assert sections[:4] == ["Train", "Val", "summary", "test"], sections
     screenshot(page, "mlflow-run-metrics.png")
     page.close()

@@ -63,7 +63,7 @@ def exclusive(resume_file: Path) -> Iterator[None]:
     resume_file.parent.mkdir(parents=True, exist_ok=True)
     lock = resume_file.with_suffix(".lock")
     while True:
-        fh = open(lock, "a")
+        fh = open(lock, "a")  # noqa: SIM115 (held past this block while locked; closed below or by the caller)
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -41,7 +41,6 @@ class DataParams(Strict):
     test_limit: Annotated[int, Field(ge=0)] = 0
     val_size: PositiveInt = 5000
 
-
     @model_validator(mode="after")
     def _room_for_training(self) -> DataParams:
         if self.train_limit and self.val_size > self.train_limit - MIN_TRAIN_IMAGES:
@@ -121,8 +120,10 @@ class OptimizerParams(Strict):
     @model_validator(mode="after")
     def _nesterov_needs_sgd_momentum(self) -> OptimizerParams:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
-            raise ValueError(f"nesterov = true needs name = sgd and momentum > 0 (got name = {self.name}, "
-                             f"momentum = {self.momentum}); set nesterov: false or use SGD with momentum")
+            raise ValueError(
+                f"nesterov = true needs name = sgd and momentum > 0 (got name = {self.name}, "
+                f"momentum = {self.momentum}); set nesterov: false or use SGD with momentum"
+            )
         return self
 
 
@@ -166,8 +167,10 @@ class ModelParams(Strict):
     def _warmup_within_training(self) -> ModelParams:
         sched = self.scheduler
         if sched.name == "warmup_cosine" and sched.warmup_epochs >= self.epochs:
-            raise ValueError(f"scheduler.warmup_epochs = {sched.warmup_epochs} must be below "
-                             f"epochs = {self.epochs}, so that the cosine part has steps left")
+            raise ValueError(
+                f"scheduler.warmup_epochs = {sched.warmup_epochs} must be below "
+                f"epochs = {self.epochs}, so that the cosine part has steps left"
+            )
         return self
 
     def lr_scale(self) -> float:
@@ -208,8 +211,10 @@ class Resnet18Params(ModelParams):
     @model_validator(mode="after")
     def _backbone_to_train(self) -> Resnet18Params:
         if self.backbone_lr is not None and self.trainable == ["fc"]:
-            raise ValueError(f"backbone_lr = {self.backbone_lr} is set but trainable = ['fc'] has no backbone "
-                             "layer; add one (e.g. layer4) to trainable or set backbone_lr: null")
+            raise ValueError(
+                f"backbone_lr = {self.backbone_lr} is set but trainable = ['fc'] has no backbone "
+                "layer; add one (e.g. layer4) to trainable or set backbone_lr: null"
+            )
         return self
 
 
@@ -257,9 +262,16 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return current
 
 
-TYPE_NAMES = {"int_type": "an integer", "float_type": "a number", "bool_type": "true or false",
-              "string_type": "a string", "list_type": "a list", "finite_number": "a finite number",
-              "model_type": "a mapping of keys", "dict_type": "a mapping of keys"}
+TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "finite_number": "a finite number",
+    "model_type": "a mapping of keys",
+    "dict_type": "a mapping of keys",
+}
 
 
 def _quoted_value(value: object, kind: str) -> bool:

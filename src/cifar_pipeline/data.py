@@ -47,8 +47,9 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
 def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
     """Return the verified archive at path, downloading it first if it is not there."""
     if path.exists() and not path.is_file():
-        raise DataError(f"data.archive = {path} is a directory, not a file: point data.archive at "
-                        "cifar-10-python.tar.gz itself")
+        raise DataError(
+            f"data.archive = {path} is a directory, not a file: point data.archive at cifar-10-python.tar.gz itself"
+        )
     if not path.exists():
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -147,8 +148,14 @@ def first_n(x: np.ndarray, y: np.ndarray, limit: int) -> tuple[np.ndarray, np.nd
 def save_arrays(data: Cifar10, path: Path) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as fh:
-            np.savez(fh, train_x=data.train_x, train_y=data.train_y, test_x=data.test_x,
-                     test_y=data.test_y, classes=np.array(data.classes))
+            np.savez(
+                fh,
+                train_x=data.train_x,
+                train_y=data.train_y,
+                test_x=data.test_x,
+                test_y=data.test_y,
+                classes=np.array(data.classes),
+            )
 
     atomic.write_with(path, write)
 
@@ -161,15 +168,23 @@ def load_arrays(path: Path) -> Cifar10:
         with np.load(path) as npz:
             data = Cifar10(npz["train_x"], npz["train_y"], npz["test_x"], npz["test_y"], npz["classes"].tolist())
     except Exception as exc:  # BadZipFile, EOFError, KeyError, ValueError (pickled arrays): all mean "broken"
-        raise DataError(f"{path} is not a readable prepared-data file ({type(exc).__name__}: {exc}); {rebuild}") from None
+        reason = f"{type(exc).__name__}: {exc}"
+        raise DataError(f"{path} is not a readable prepared-data file ({reason}); {rebuild}") from None
     for name, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
         if x.dtype != np.uint8 or x.shape[1:] != IMAGE_SHAPE:
-            raise DataError(f"{path}: {name} images are {x.dtype}{list(x.shape)}, expected uint8 [N, 32, 32, 3]; "
-                            f"{rebuild}")
-        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer) or (
-                y.size and (y.min() < 0 or y.max() > 9)):
-            raise DataError(f"{path}: {name} labels are {y.dtype}{list(y.shape)} for {len(x)} images, expected "
-                            f"one label in 0..9 per image; {rebuild}")
+            raise DataError(
+                f"{path}: {name} images are {x.dtype}{list(x.shape)}, expected uint8 [N, 32, 32, 3]; {rebuild}"
+            )
+        if (
+            y.ndim != 1
+            or len(y) != len(x)
+            or not np.issubdtype(y.dtype, np.integer)
+            or (y.size and (y.min() < 0 or y.max() > 9))
+        ):
+            raise DataError(
+                f"{path}: {name} labels are {y.dtype}{list(y.shape)} for {len(x)} images, expected "
+                f"one label in 0..9 per image; {rebuild}"
+            )
     if len(data.classes) != 10:
         raise DataError(f"{path} lists {len(data.classes)} class names, expected 10; {rebuild}")
     return data

@@ -9,9 +9,9 @@ from . import atomic, metrics, paths, roc
 from .augment import to_unit_float
 from .config import Params
 from .data import load_arrays, md5sum
-from .runtime import Settings, explain_oom, predict
 from .errors import DataError
 from .run_metadata import dataset
+from .runtime import Settings, explain_oom, predict
 from .serving import ModelFileError, build_from_file
 from .tracking import Tracker
 
@@ -23,8 +23,9 @@ def load_trained(name: str) -> torch.nn.Module:
     try:
         return build_from_file(path)[0]
     except ModelFileError as exc:
-        raise DataError(f"{path} is not a loadable {name} model file ({exc}); "
-                        f"run `dvc repro -f {paths.STAGES[name]}` to retrain it") from None
+        raise DataError(
+            f"{path} is not a loadable {name} model file ({exc}); run `dvc repro -f {paths.STAGES[name]}` to retrain it"
+        ) from None
 
 
 def evaluate(params: Params, name: str) -> dict:
@@ -41,14 +42,19 @@ def evaluate(params: Params, name: str) -> dict:
     out = paths.eval_dir(name)
     atomic.write_json(out / "metrics.json", result)
     metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
-    metrics.write_confusion_png(cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}",
-                                out / "confusion_matrix.png")
+    metrics.write_confusion_png(
+        cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}", out / "confusion_matrix.png"
+    )
     roc.write_csv(curves, out / "roc.csv")
     roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
     test_set = dataset(params, data, md5sum(paths.DATA))
     tracker.log_model_metrics({f"test/{k}": v for k, v in result.items() if k != "per_class"}, test_set)
-    tracker.log_metrics({**{f"test_per_class/{c}": m["accuracy"] for c, m in result["per_class"].items()},
-                         **{f"test_auc/{c}": curve["auc"] for c, curve in curves.items()}})
+    tracker.log_metrics(
+        {
+            **{f"test_per_class/{c}": m["accuracy"] for c, m in result["per_class"].items()},
+            **{f"test_auc/{c}": curve["auc"] for c, curve in curves.items()},
+        }
+    )
     tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view shows it across runs
     for file in ("metrics.json", "confusion_matrix.csv", "roc.csv", "roc.png"):
         tracker.log_artifact(out / file, "evaluation")

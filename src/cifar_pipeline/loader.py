@@ -36,8 +36,9 @@ class DeviceData:
     def split(cls, data: Cifar10, val_size: int, seed: int, device: torch.device) -> DeviceData:
         """The seeded train/validation split of the training images, moved to the device."""
         train_idx, val_idx = split_indices(len(data.train_y), val_size, seed)
-        return cls.from_numpy(data.train_x[train_idx], data.train_y[train_idx],
-                              data.train_x[val_idx], data.train_y[val_idx], device)
+        return cls.from_numpy(
+            data.train_x[train_idx], data.train_y[train_idx], data.train_x[val_idx], data.train_y[val_idx], device
+        )
 
 
 def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
@@ -54,8 +55,14 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 class Loader:
     """One model's epochs over the device data; every random draw comes from `generator`."""
 
-    def __init__(self, data: DeviceData, batch_size: int, aug: AugmentParams, generator: torch.Generator,
-                 layout: Callable[[torch.Tensor], torch.Tensor]):
+    def __init__(
+        self,
+        data: DeviceData,
+        batch_size: int,
+        aug: AugmentParams,
+        generator: torch.Generator,
+        layout: Callable[[torch.Tensor], torch.Tensor],
+    ):
         self.data, self.batch_size, self.aug, self.generator, self.layout = data, batch_size, aug, generator, layout
         self.images, self.steps = steps_per_epoch(data.train_x.shape[0], batch_size)
 

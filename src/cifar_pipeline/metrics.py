@@ -26,8 +26,13 @@ def summarize(cm: np.ndarray, classes: list[str]) -> dict:
     precision = _ratio(tp, predicted)
     f1 = _ratio(2 * precision * recall, precision + recall)
     per_class = {
-        c: {"accuracy": recall[i], "precision": precision[i], "recall": recall[i], "f1": f1[i],
-            "support": int(support[i])}
+        c: {
+            "accuracy": recall[i],
+            "precision": precision[i],
+            "recall": recall[i],
+            "f1": f1[i],
+            "support": int(support[i]),
+        }
         for i, c in enumerate(classes)
     }
     return {

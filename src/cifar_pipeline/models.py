@@ -71,7 +71,9 @@ class SeedCNN(nn.Sequential):
             *conv_block(c1, c2, 2 + extra_convs),
             *conv_block(c2, c3, 1 + extra_convs),
             nn.Flatten(),
-            nn.Linear(c3 * 4 * 4, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(c3 * 4 * 4, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
             nn.Linear(hidden, NUM_CLASSES),
         )
 
@@ -121,8 +123,11 @@ class ResNet34(nn.Module):
         stages, cin = [], 64
         for i, (units, width) in enumerate(zip(self.UNITS, self.WIDTHS, strict=True)):
             stride = 1 if i == 0 else 2
-            stages.append(nn.Sequential(*(ResidualUnit(cin if u == 0 else width, width, stride if u == 0 else 1)
-                                          for u in range(units))))
+            stages.append(
+                nn.Sequential(
+                    *(ResidualUnit(cin if u == 0 else width, width, stride if u == 0 else 1) for u in range(units))
+                )
+            )
             cin = width
         self.stages = nn.Sequential(*stages)
         self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, NUM_CLASSES))
@@ -186,9 +191,15 @@ def key_mismatch(net: nn.Module, state_dict: dict, shown: int = 3) -> str:
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
     reshaped = [k for k in expected if k in state_dict and getattr(state_dict[k], "shape", None) != expected[k].shape]
-    parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:shown])})"
-             for what, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("keys of another shape", reshaped)) if keys]
+    parts = [
+        f"{len(keys)} {what} (e.g. {', '.join(keys[:shown])})"
+        for what, keys in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("keys of another shape", reshaped),
+        )
+        if keys
+    ]
     return "; ".join(parts) or "the values are not tensors"
 
 
@@ -198,9 +209,11 @@ def finetune_resnet18(cfg: Resnet18Params, state_dict: dict[str, torch.Tensor] |
         try:
             net.load_state_dict(state_dict)
         except RuntimeError:
-            raise WeightsError("the resnet18 weights do not fit torchvision's resnet18: "
-                               f"{key_mismatch(net, state_dict)}. "
-                               "Use the state dict of torchvision.models.resnet18 (resnet18-f37072fd.pth)") from None
+            raise WeightsError(
+                "the resnet18 weights do not fit torchvision's resnet18: "
+                f"{key_mismatch(net, state_dict)}. "
+                "Use the state dict of torchvision.models.resnet18 (resnet18-f37072fd.pth)"
+            ) from None
     net.fc = nn.Linear(net.fc.in_features, NUM_CLASSES)
     trainable = tuple(cfg.trainable)
     for name, param in net.named_parameters():

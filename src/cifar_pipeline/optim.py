@@ -41,16 +41,23 @@ def param_groups(model: nn.Module, cfg: ModelParams) -> list[dict]:
     return [{"params": head, "lr": lrs["effective_lr"]}, {"params": backbone, "lr": lrs["effective_backbone_lr"]}]
 
 
-def make_optimizer(model: nn.Module, cfg: ModelParams, settings: Settings,
-                   steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Scheduler]:
+def make_optimizer(
+    model: nn.Module, cfg: ModelParams, settings: Settings, steps_per_epoch: int
+) -> tuple[torch.optim.Optimizer, Scheduler]:
     """The optimizer and its scheduler; the scheduler is built on float lrs, then (under cuda_graphs) the
     lrs become device tensors."""
     groups = param_groups(model, cfg)
     opt = cfg.optimizer
     cuda = settings.device.type == "cuda"
     if opt.name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=opt.momentum, nesterov=opt.nesterov,
-                                    weight_decay=opt.weight_decay, fused=cuda or None)
+        optimizer = torch.optim.SGD(
+            groups,
+            lr=groups[0]["lr"],
+            momentum=opt.momentum,
+            nesterov=opt.nesterov,
+            weight_decay=opt.weight_decay,
+            fused=cuda or None,
+        )
     else:
         extra = {"fused": True} if cuda else {}
         if settings.cuda_graphs:
@@ -92,14 +99,20 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: ModelParams, steps_per
     if sched.name == "cosine":
         return lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
     if sched.name == "onecycle":  # momentum stays fixed: the captured step bakes it in
-        return lr_scheduler.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups],
-                                       total_steps=total_steps, pct_start=sched.pct_start,
-                                       div_factor=sched.div_factor, final_div_factor=sched.final_div_factor,
-                                       cycle_momentum=False)
+        return lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total_steps,
+            pct_start=sched.pct_start,
+            div_factor=sched.div_factor,
+            final_div_factor=sched.final_div_factor,
+            cycle_momentum=False,
+        )
     if sched.name == "warmup_cosine":
         warmup_steps = min(round(sched.warmup_epochs * steps_per_epoch), total_steps - 1)
-        return lr_scheduler.LambdaLR(optimizer, partial(warmup_cosine, warmup_steps=warmup_steps,
-                                                        total_steps=total_steps))
+        return lr_scheduler.LambdaLR(
+            optimizer, partial(warmup_cosine, warmup_steps=warmup_steps, total_steps=total_steps)
+        )
     return lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 

@@ -86,5 +86,7 @@ def check_writable(*targets: Path) -> None:
         if not folder.is_dir():
             raise OutputError(f"{folder} is a file, but {target} has to be written inside it: move {folder} away")
         if not can_create_files_in(folder):
-            raise OutputError(f"{folder.resolve()} is not writable, and {target} has to be written there: "
-                              f"make it writable (chmod u+w {folder}) and rerun")
+            raise OutputError(
+                f"{folder.resolve()} is not writable, and {target} has to be written there: "
+                f"make it writable (chmod u+w {folder}) and rerun"
+            )

@@ -40,20 +40,33 @@ class ModelSourceError(PipelineError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cifar-predict", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="cifar-predict", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("images", nargs="+", help="image files, folders or globs")
     parser.add_argument("-m", "--model", required=True, help="models/<name>/best.pt or an MLflow model URI")
-    parser.add_argument("-k", "--top-k", type=int, default=3, choices=range(1, 11), metavar="1..10",
-                        help="classes shown per image in the table (default 3)")
-    parser.add_argument("--format", choices=FORMATS, help="table, json or csv (default: from --out's suffix, "
-                        "else table)")
+    parser.add_argument(
+        "-k",
+        "--top-k",
+        type=int,
+        default=3,
+        choices=range(1, 11),
+        metavar="1..10",
+        help="classes shown per image in the table (default 3)",
+    )
+    parser.add_argument(
+        "--format", choices=FORMATS, help="table, json or csv (default: from --out's suffix, else table)"
+    )
     parser.add_argument("--out", type=Path, help="write here instead of printing")
     parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    parser.add_argument("--device", choices=("auto", "cuda", "mps", "cpu"), default="auto",
-                        help="auto: the GPU when there is one")
-    parser.add_argument("--tracking-uri", help="MLflow store for models:/ and runs:/ URIs (default: "
-                        "$MLFLOW_TRACKING_URI, else mlflow.tracking_uri of ./params.yaml)")
+    parser.add_argument(
+        "--device", choices=("auto", "cuda", "mps", "cpu"), default="auto", help="auto: the GPU when there is one"
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        help="MLflow store for models:/ and runs:/ URIs (default: "
+        "$MLFLOW_TRACKING_URI, else mlflow.tracking_uri of ./params.yaml)",
+    )
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -116,12 +129,16 @@ def tracking_uri(given: str | None) -> str:
 
         uri = resolve_tracking_uri(load_params(paths.PARAMS).mlflow)
     else:
-        raise ModelSourceError("no MLflow store for the model URI: pass --tracking-uri, set $MLFLOW_TRACKING_URI, "
-                               "or run from the project folder (its params.yaml names the store)")
+        raise ModelSourceError(
+            "no MLflow store for the model URI: pass --tracking-uri, set $MLFLOW_TRACKING_URI, "
+            "or run from the project folder (its params.yaml names the store)"
+        )
     db = sqlite_path(uri)
     if db is not None and not db.is_file():
-        raise ModelSourceError(f"the MLflow store {uri} does not exist; train first (`dvc repro`) or pass "
-                               "--tracking-uri sqlite:///<project>/mlflow.db")
+        raise ModelSourceError(
+            f"the MLflow store {uri} does not exist; train first (`dvc repro`) or pass "
+            "--tracking-uri sqlite:///<project>/mlflow.db"
+        )
     return uri
 
 
@@ -136,8 +153,10 @@ def load_classifier(model: str, device_choice: str, store: str | None):
         if path.is_dir():
             path = path / "best.pt"
         if not path.is_file():
-            raise ModelSourceError(f"{model} is neither a model file nor an MLflow URI ({', '.join(URI_SCHEMES)}); "
-                                   "pass models/<name>/best.pt after `dvc repro`, or models:/cifar10-cnn@champion")
+            raise ModelSourceError(
+                f"{model} is neither a model file nor an MLflow URI ({', '.join(URI_SCHEMES)}); "
+                "pass models/<name>/best.pt after `dvc repro`, or models:/cifar10-cnn@champion"
+            )
         return ImageClassifier.from_file(path, device)
 
     import mlflow
@@ -168,10 +187,16 @@ def predict(classifier, images: np.ndarray, batch_size: int) -> np.ndarray:
 def render(files: list[Path], probabilities: np.ndarray, classes: list[str], fmt: str, top_k: int) -> str:
     order = np.argsort(-probabilities, axis=1, kind="stable")
     if fmt == "json":
-        records = [{"image": str(f), "class": classes[o[0]], "probability": float(p[o[0]]),
-                    "top_k": [{"class": classes[i], "probability": float(p[i])} for i in o[:top_k]],
-                    "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)}}
-                   for f, p, o in zip(files, probabilities, order, strict=True)]
+        records = [
+            {
+                "image": str(f),
+                "class": classes[o[0]],
+                "probability": float(p[o[0]]),
+                "top_k": [{"class": classes[i], "probability": float(p[i])} for i in o[:top_k]],
+                "probabilities": {c: float(v) for c, v in zip(classes, p, strict=True)},
+            }
+            for f, p, o in zip(files, probabilities, order, strict=True)
+        ]
         return json.dumps(records, indent=2) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
@@ -195,8 +220,12 @@ def main(argv: list[str] | None = None) -> None:
     classifier = load_classifier(args.model, args.device, args.tracking_uri)
     from tqdm import tqdm
 
-    images = np.stack([read_image(f) for f in tqdm(files, desc="reading", unit="img", file=sys.stderr,
-                                                   disable=len(files) < PROGRESS_MIN_IMAGES)])
+    images = np.stack(
+        [
+            read_image(f)
+            for f in tqdm(files, desc="reading", unit="img", file=sys.stderr, disable=len(files) < PROGRESS_MIN_IMAGES)
+        ]
+    )
     probabilities = predict(classifier, images, args.batch_size)
     text = render(files, probabilities, classifier.classes, args.format, args.top_k)
     if args.out:

@@ -62,13 +62,26 @@ class RunProgress:
             self.best_model = weights()
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "partial": self.partial.to_dict() if self.partial else None,
-                "history": list(self.history), "best": {"val_acc": self.best_val_acc, "epoch": self.best_epoch},
-                "train_seconds": self.train_seconds, "best_model": self.best_model, "run_id": self.run_id}
+        return {
+            "epoch": self.epoch,
+            "partial": self.partial.to_dict() if self.partial else None,
+            "history": list(self.history),
+            "best": {"val_acc": self.best_val_acc, "epoch": self.best_epoch},
+            "train_seconds": self.train_seconds,
+            "best_model": self.best_model,
+            "run_id": self.run_id,
+        }
 
     @classmethod
     def from_dict(cls, state: dict) -> RunProgress:
         partial = state["partial"]
-        return cls(state["run_id"], state["best_model"], state["epoch"],
-                   EpochCursor(**partial) if partial else None, list(state["history"]),
-                   state["best"]["val_acc"], state["best"]["epoch"], state["train_seconds"])
+        return cls(
+            state["run_id"],
+            state["best_model"],
+            state["epoch"],
+            EpochCursor(**partial) if partial else None,
+            list(state["history"]),
+            state["best"]["val_acc"],
+            state["best"]["epoch"],
+            state["train_seconds"],
+        )

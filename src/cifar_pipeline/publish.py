@@ -28,18 +28,20 @@ def write_history(rows: list[dict], path: Path) -> None:
 
 
 def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
-    return dict(zip(("params_trainable", "params_total"), count_parameters(model)))
+    return dict(zip(("params_trainable", "params_total"), count_parameters(model), strict=True))
 
 
-def write_outputs(params: Params, name: str, trainer: Trainer, progress: RunProgress, tracker: Tracker,
-                  classes: list[str]) -> dict:
+def write_outputs(
+    params: Params, name: str, trainer: Trainer, progress: RunProgress, tracker: Tracker, classes: list[str]
+) -> dict:
     """Write and log the outputs; returns the summary written to reports/train/."""
     cfg_dump = params.model(name).model_dump()
     out_dir = paths.model_dir(name)
     best_file, last_file = out_dir / "best.pt", out_dir / "last.pt"
     checkpoint.save(checkpoint.model_file(name, cfg_dump, classes, progress.best_model), best_file)
-    checkpoint.save(checkpoint.model_file(name, cfg_dump, classes, checkpoint.to_cpu(trainer.model.state_dict())),
-                    last_file)
+    checkpoint.save(
+        checkpoint.model_file(name, cfg_dump, classes, checkpoint.to_cpu(trainer.model.state_dict())), last_file
+    )
     write_history(progress.history, paths.history(name))
 
     history = progress.history
@@ -56,16 +58,27 @@ def write_outputs(params: Params, name: str, trainer: Trainer, progress: RunProg
     for path in (best_file, last_file):
         tracker.log_artifact(path, "checkpoints")
     tracker.log_artifact(paths.history(name), "history")
-    tracker.log_metrics({f"summary/{k}": summary[k] for k in ("best_val_acc", "train_seconds",
-                                                               "first_step_seconds") if summary[k] is not None})
+    tracker.log_metrics(
+        {
+            f"summary/{k}": summary[k]
+            for k in ("best_val_acc", "train_seconds", "first_step_seconds")
+            if summary[k] is not None
+        }
+    )
 
     start = time.perf_counter()
     example = (trainer.data.val_x[:2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     published = registry.publish(tracker, best_file, classes, example, registry.registered_name(params.mlflow, name))
-    atomic.write_json(paths.run_info(name), {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id,
-                                             "tracking_uri": tracker.uri, **published})
-    registered = (f", registered as {published['registered_model']} v{published['version']}"
-                  if "version" in published else "")
-    print(f"{paths.STAGES[name]}: logged best model (epoch {summary['best_epoch']}) to MLflow run "
-          f"{tracker.run_id}{registered} in {time.perf_counter() - start:.1f}s", flush=True)
+    atomic.write_json(
+        paths.run_info(name),
+        {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri, **published},
+    )
+    registered = (
+        f", registered as {published['registered_model']} v{published['version']}" if "version" in published else ""
+    )
+    print(
+        f"{paths.STAGES[name]}: logged best model (epoch {summary['best_epoch']}) to MLflow run "
+        f"{tracker.run_id}{registered} in {time.perf_counter() - start:.1f}s",
+        flush=True,
+    )
     return summary

@@ -53,8 +53,13 @@ class Recorder:
 
     def snapshot(self, trainer: Trainer, progress: RunProgress) -> dict:
         """What the resume checkpoint holds, copied to the CPU now (training goes on while it is written)."""
-        return {"format": checkpoint.RESUME_FORMAT, "key": self.key, "trainer": checkpoint.to_cpu(trainer.state()),
-                "rng": checkpoint.rng_state(), **progress.to_dict()}
+        return {
+            "format": checkpoint.RESUME_FORMAT,
+            "key": self.key,
+            "trainer": checkpoint.to_cpu(trainer.state()),
+            "rng": checkpoint.rng_state(),
+            **progress.to_dict(),
+        }
 
     def save(self, trainer: Trainer, progress: RunProgress) -> None:
         checkpoint.save(self.snapshot(trainer, progress), self.resume_file)

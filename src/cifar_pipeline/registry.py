@@ -49,13 +49,24 @@ def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: n
 
     client, run_id = tracker.client, tracker.run_id
     params = retry_locked(lambda: client.get_run(run_id)).data.params
-    model = retry_locked(lambda: client.create_logged_model(tracker.experiment_id, name=MODEL_NAME,
-                                                            source_run_id=run_id, params=params))
-    retry_locked(lambda: Model.log(
-        artifact_path=None, name=MODEL_NAME, flavor=mlflow.pyfunc, run_id=run_id, model_id=model.model_id,
-        python_model=str(MODEL_CODE), artifacts={MODEL_FILE_ARTIFACT: str(model_file)},
-        code_paths=[str(MODEL_CODE.parent)], signature=signature(classes), input_example=example,
-        pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS]))
+    model = retry_locked(
+        lambda: client.create_logged_model(tracker.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=params)
+    )
+    retry_locked(
+        lambda: Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=model.model_id,
+            python_model=str(MODEL_CODE),
+            artifacts={MODEL_FILE_ARTIFACT: str(model_file)},
+            code_paths=[str(MODEL_CODE.parent)],
+            signature=signature(classes),
+            input_example=example,
+            pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
+        )
+    )
     return model.model_id
 
 
@@ -78,14 +89,16 @@ def register_once(client, name: str, run_id: str, model_id: str):
 
     def once():
         existing = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
-        return min(existing, key=lambda v: int(v.version)) if existing else \
-            mlflow.register_model(f"models:/{model_id}", name)
+        return (
+            min(existing, key=lambda v: int(v.version))
+            if existing
+            else mlflow.register_model(f"models:/{model_id}", name)
+        )
 
     return retry_locked(once)
 
 
-def publish(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray,
-            name: str | None) -> dict:
+def publish(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray, name: str | None) -> dict:
     """Log the run's model once and register it once; what models/<name>/mlflow_run.json records."""
     model_id = completed_model(tracker) or log_model(tracker, model_file, classes, example)
     info: dict = {"model_uri": f"models:/{model_id}"}

@@ -11,6 +11,7 @@ from .tracking import flatten, git_commit, retry_locked
 
 DATASET_NAME = "cifar10"
 
+
 def epoch_metric(column: str) -> str:
     """A history column's MLflow name: `val_*` under `Val/`, the rest under `Train/`. MLflow's UI groups
     charts by the part before "/" and orders the groups by code point: capitalised, the per-epoch curves
@@ -38,8 +39,10 @@ def with_exp(names: str | None, exp: str) -> str:
 def model_description(name: str, stage: str) -> str:
     exp = os.environ.get("DVC_EXP_NAME")
     where = f"DVC experiment `{exp}` at commit `{git_commit()[:7]}`" if exp else f"commit `{git_commit()[:7]}`"
-    return (f"**{name}**, trained by the DVC stage `{stage}` ({where}). Curves: `Train/`, `Val/` per epoch; "
-            f"`test/` comes from `evaluate@{name}` on the test split and is linked to the logged model.")
+    return (
+        f"**{name}**, trained by the DVC stage `{stage}` ({where}). Curves: `Train/`, `Val/` per epoch; "
+        f"`test/` comes from `evaluate@{name}` on the test split and is linked to the logged model."
+    )
 
 
 def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
@@ -52,8 +55,11 @@ def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
         "device": device.type,
         "device_name": torch.cuda.get_device_name(device) if cuda else f"{platform.machine()} x{os.cpu_count()}",
         "torch": torch.__version__,
-        "bf16": settings.bf16, "channels_last": settings.channels_last, "cuda_graphs": settings.cuda_graphs,
-        "compile": settings.compile, "deterministic": runtime.deterministic,
+        "bf16": settings.bf16,
+        "channels_last": settings.channels_last,
+        "cuda_graphs": settings.cuda_graphs,
+        "compile": settings.compile,
+        "deterministic": runtime.deterministic,
         "eval_batch_size": settings.eval_batch_size,
     }
     if cuda:
@@ -61,8 +67,14 @@ def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
     return resolved
 
 
-SCHEDULER_KEYS = {"step_size": "step", "gamma": "step", "pct_start": "onecycle", "div_factor": "onecycle",
-                  "final_div_factor": "onecycle", "warmup_epochs": "warmup_cosine"}
+SCHEDULER_KEYS = {
+    "step_size": "step",
+    "gamma": "step",
+    "pct_start": "onecycle",
+    "div_factor": "onecycle",
+    "final_div_factor": "onecycle",
+    "warmup_epochs": "warmup_cosine",
+}
 
 
 def model_params(params: Params, name: str) -> dict[str, object]:
@@ -81,10 +93,16 @@ def model_params(params: Params, name: str) -> dict[str, object]:
 
 def run_params(params: Params, name: str, settings, counts: dict[str, int]) -> dict[str, object]:
     data = params.data
-    return {"model": name, **model_params(params, name), "seed": params.seed,
-            **flatten({"data": {"val_size": data.val_size, "train_limit": data.train_limit,
-                                "test_limit": data.test_limit}}),
-            **flatten({"runtime": resolved_runtime(params.runtime, settings)}), **counts}
+    return {
+        "model": name,
+        **model_params(params, name),
+        "seed": params.seed,
+        **flatten(
+            {"data": {"val_size": data.val_size, "train_limit": data.train_limit, "test_limit": data.test_limit}}
+        ),
+        **flatten({"runtime": resolved_runtime(params.runtime, settings)}),
+        **counts,
+    }
 
 
 def dataset(params: Params, arrays, digest: str):
@@ -95,8 +113,9 @@ def dataset(params: Params, arrays, digest: str):
     val = params.data.val_size
     sizes = {"train": len(arrays.train_y) - val, "val": val, "test": len(arrays.test_y)}
     source = HTTPDatasetSource(params.data.url)
-    return Dataset(name=DATASET_NAME, digest=digest, source_type="http",
-                   source=source.to_json(), profile=json.dumps(sizes))
+    return Dataset(
+        name=DATASET_NAME, digest=digest, source_type="http", source=source.to_json(), profile=json.dumps(sizes)
+    )
 
 
 def link_model_runs(tracker, runs: dict[str, dict]) -> str:

@@ -51,8 +51,10 @@ def _cuda_device(index: int | None = None) -> torch.device:
     if index is None:
         index = claim_free_gpu(count, project_root() / GPU_LOCK_DIR) if count > 1 else 0
     elif index >= count:
-        raise TrainingError(f"runtime.device = cuda:{index} but only {count} GPU(s) are visible "
-                            f"(cuda:0 to cuda:{count - 1}); pick one of those, or auto")
+        raise TrainingError(
+            f"runtime.device = cuda:{index} but only {count} GPU(s) are visible "
+            f"(cuda:0 to cuda:{count - 1}); pick one of those, or auto"
+        )
     torch.cuda.set_device(index)  # graphs, streams and RNG calls without a device use this one
     return torch.device("cuda", index)
 
@@ -96,8 +98,15 @@ class Settings:
         cuda = device.type == "cuda"
         # Compiled kernels are chosen by timing when first compiled, so they can differ between caches.
         compile = runtime.compile and cuda and not runtime.deterministic
-        return cls(device, runtime.bf16 and cuda, runtime.channels_last and cuda, runtime.cuda_graphs and cuda,
-                   compile, runtime.eval_batch_size, runtime.progress)
+        return cls(
+            device,
+            runtime.bf16 and cuda,
+            runtime.channels_last and cuda,
+            runtime.cuda_graphs and cuda,
+            compile,
+            runtime.eval_batch_size,
+            runtime.progress,
+        )
 
     def autocast(self):
         if not self.bf16:

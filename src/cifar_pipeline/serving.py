@@ -35,8 +35,7 @@ def resize_to_cifar(images: torch.Tensor) -> torch.Tensor:
     (area-averaging) downscale, as the tiny images behind CIFAR-10 were made. 32x32 input is unchanged."""
     if images.shape[-2:] == (CIFAR_SIZE, CIFAR_SIZE):
         return images
-    return F.interpolate(images, size=(CIFAR_SIZE, CIFAR_SIZE), mode="bilinear", antialias=True,
-                         align_corners=False)
+    return F.interpolate(images, size=(CIFAR_SIZE, CIFAR_SIZE), mode="bilinear", antialias=True, align_corners=False)
 
 
 def check_images(images: object) -> None:
@@ -50,9 +49,8 @@ def check_images(images: object) -> None:
             raise ImageInputError(f"integer images must be in 0..255, got values {low}..{high}")
     elif np.issubdtype(images.dtype, np.floating):
         low, high = float(np.min(images)), float(np.max(images))
-        if not (0.0 <= low and high <= 1.0):  # also catches NaN
-            raise ImageInputError(f"float images must be in [0, 1], got values {low}..{high}; "
-                                  "pass uint8 for 0..255")
+        if not (low >= 0.0 and high <= 1.0):  # also catches NaN
+            raise ImageInputError(f"float images must be in [0, 1], got values {low}..{high}; pass uint8 for 0..255")
     else:
         raise ImageInputError(f"images must be uint8 (0..255) or float (0..1), got dtype {images.dtype}")
 
@@ -70,11 +68,14 @@ def read_model_file(path: Path) -> dict:
         saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a file that is not a torch checkpoint
         first_line = (str(exc).splitlines() or [""])[0][:200]
-        raise ModelFileError(f"{path} is not a model file written by a training stage "
-                             f"({type(exc).__name__}: {first_line})") from None
+        raise ModelFileError(
+            f"{path} is not a model file written by a training stage ({type(exc).__name__}: {first_line})"
+        ) from None
     if not isinstance(saved, dict) or not {"arch", "params", "state_dict", "classes"} <= saved.keys():
-        raise ModelFileError(f"{path} is not a model file written by a training stage of this pipeline "
-                             "(models/<name>/best.pt holds arch, params, classes and state_dict)")
+        raise ModelFileError(
+            f"{path} is not a model file written by a training stage of this pipeline "
+            "(models/<name>/best.pt holds arch, params, classes and state_dict)"
+        )
     if saved["arch"] not in MODELS:
         raise ModelFileError(f"{path} holds a model '{saved['arch']}'; this pipeline knows {', '.join(MODELS)}")
     return saved
@@ -87,8 +88,9 @@ def build_from_file(path: Path) -> tuple[torch.nn.Module, list[str]]:
     try:
         cfg = Params.model_fields[name].annotation.model_validate(saved["params"])
     except ValidationError as exc:
-        raise ModelFileError(f"{path}: its saved {name} params are invalid ({exc.error_count()} errors); "
-                             "retrain it with this code") from None
+        raise ModelFileError(
+            f"{path}: its saved {name} params are invalid ({exc.error_count()} errors); retrain it with this code"
+        ) from None
     model = build_model(name, cfg, pretrained=False)
     try:
         model.load_state_dict(saved["state_dict"])

@@ -22,8 +22,14 @@ class TrainStep:
     eagerly on the same tensors, so exactly one graph is compiled and captured.
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, settings: Settings, batch_size: int,
-                 label_smoothing: float = 0.0):
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        settings: Settings,
+        batch_size: int,
+        label_smoothing: float = 0.0,
+    ):
         self.model, self.optimizer, self.settings = model, optimizer, settings
         self.label_smoothing = label_smoothing
         self.loss_sum = torch.zeros((), device=settings.device)

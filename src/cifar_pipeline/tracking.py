@@ -121,8 +121,13 @@ def base_tags(stage: str) -> dict[str, str]:
     """Tags every run gets: MLflow's source tags, its DVC stage and, inside `dvc exp run`, the experiment's
     name (`dvc_exps` also gains the names of later experiments that reuse the run), its baseline commit and
     the git ref that DVC gives the experiment's own commit when it finishes."""
-    tags = {"stage": stage, "mlflow.source.type": "LOCAL", "mlflow.source.name": f"dvc.yaml:{stage}",
-            "mlflow.source.git.commit": git_commit(), "mlflow.user": user()}
+    tags = {
+        "stage": stage,
+        "mlflow.source.type": "LOCAL",
+        "mlflow.source.name": f"dvc.yaml:{stage}",
+        "mlflow.source.git.commit": git_commit(),
+        "mlflow.user": user(),
+    }
     exp, baseline = os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_EXP_BASELINE_REV")
     if exp:
         tags.update(dvc_exp_name=exp, dvc_exps=exp)
@@ -202,9 +207,12 @@ class Tracker:
         for run in runs:
             tag = run.data.tags.get(PROCESS_TAG)
             if tag and not process_alive(tag):
-                retry_locked(lambda: self.client.set_terminated(run.info.run_id, status="KILLED"))
-                print(f"marked MLflow run {run.info.run_id} ({run.info.run_name}) KILLED: the process that ran it "
-                      "is gone", file=sys.stderr)
+                retry_locked(lambda run_id=run.info.run_id: self.client.set_terminated(run_id, status="KILLED"))
+                print(
+                    f"marked MLflow run {run.info.run_id} ({run.info.run_name}) KILLED: the process that ran it "
+                    "is gone",
+                    file=sys.stderr,
+                )
 
     def _experiment(self, name: str) -> str:
         """The experiment's id, created if needed, marked as model training (else MLflow's UI opens it in
@@ -285,12 +293,21 @@ class Tracker:
     def log_model_metrics(self, metrics: Mapping[str, float], dataset) -> None:
         """Metrics of the run's newest logged model on `dataset` (MLflow 3's model-linked metrics, shown
         in the Models view); plain run metrics if the run logged no model."""
-        found = retry_locked(lambda: self.mlflow.search_logged_models(
-            experiment_ids=[self.experiment_id], filter_string=f"source_run_id = '{self.run_id}'",
-            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1, output_format="list"))
+        found = retry_locked(
+            lambda: self.mlflow.search_logged_models(
+                experiment_ids=[self.experiment_id],
+                filter_string=f"source_run_id = '{self.run_id}'",
+                order_by=[{"field_name": "creation_time", "ascending": False}],
+                max_results=1,
+                output_format="list",
+            )
+        )
         model_id = found[0].model_id if found else None
-        retry_locked(lambda: self.mlflow.log_metrics(dict(metrics), run_id=self.run_id, model_id=model_id,
-                                                     dataset=dataset, synchronous=True))
+        retry_locked(
+            lambda: self.mlflow.log_metrics(
+                dict(metrics), run_id=self.run_id, model_id=model_id, dataset=dataset, synchronous=True
+            )
+        )
 
     def start_system_metrics(self, resume: bool) -> None:
         """CPU, memory, disk and GPU use as `system/*` metrics every 10 s, until the run ends."""
@@ -317,10 +334,14 @@ class Tracker:
 
     def logged_models(self, name: str) -> list:
         """The run's logged models called `name` (deleted ones excluded), oldest first."""
-        return retry_locked(lambda: self.mlflow.search_logged_models(
-            experiment_ids=[self.experiment_id], output_format="list",
-            filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}'",
-            order_by=[{"field_name": "creation_time", "ascending": True}]))
+        return retry_locked(
+            lambda: self.mlflow.search_logged_models(
+                experiment_ids=[self.experiment_id],
+                output_format="list",
+                filter_string=f"source_run_id = '{self.run_id}' AND name = '{name}'",
+                order_by=[{"field_name": "creation_time", "ascending": True}],
+            )
+        )
 
     @contextmanager
     def finishing(self) -> Iterator[None]:

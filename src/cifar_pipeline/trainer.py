@@ -33,8 +33,17 @@ def seed_everything(seed: int) -> None:
 class Trainer:
     """A model with its optimizer, schedule, step and loader (build one with build_trainer)."""
 
-    def __init__(self, name: str, model: nn.Module, cfg: ModelParams, settings: Settings, loader: Loader,
-                 optimizer: torch.optim.Optimizer, scheduler: optim.Scheduler, step: TrainStep):
+    def __init__(
+        self,
+        name: str,
+        model: nn.Module,
+        cfg: ModelParams,
+        settings: Settings,
+        loader: Loader,
+        optimizer: torch.optim.Optimizer,
+        scheduler: optim.Scheduler,
+        step: TrainStep,
+    ):
         self.name, self.model, self.cfg, self.settings, self.loader = name, model, cfg, settings, loader
         self.optimizer, self.scheduler, self.step = optimizer, scheduler, step
         self.per_step = cfg.scheduler.name in optim.PER_STEP_SCHEDULERS
@@ -67,24 +76,47 @@ class Trainer:
                     self.scheduler.step()
                 advance()
                 if self.stop_signal is not None and index + 1 < steps:
-                    raise Interrupted(self.stop_signal, EpochCursor(
-                        epoch, index + 1, start_state, lr, *self.step.sums(),
-                        earlier_seconds + time.perf_counter() - start))
+                    raise Interrupted(
+                        self.stop_signal,
+                        EpochCursor(
+                            epoch,
+                            index + 1,
+                            start_state,
+                            lr,
+                            *self.step.sums(),
+                            earlier_seconds + time.perf_counter() - start,
+                        ),
+                    )
             n = self.loader.images
             train_loss, train_acc = (torch.stack([self.step.loss_sum, self.step.correct.float()]) / n).tolist()
         train_seconds = earlier_seconds + time.perf_counter() - start
         if not self.per_step:
             self.scheduler.step()
         val_loss, val_acc = self.validate()
-        return EpochResult(epoch, train_loss, train_acc, val_loss, val_acc, lr,
-                           earlier_seconds + time.perf_counter() - start, n / train_seconds)
+        return EpochResult(
+            epoch,
+            train_loss,
+            train_acc,
+            val_loss,
+            val_acc,
+            lr,
+            earlier_seconds + time.perf_counter() - start,
+            n / train_seconds,
+        )
 
     @contextmanager
     def _progress(self, steps: int, done: int, epoch: int) -> Iterator:
         from tqdm import tqdm
 
-        with tqdm(total=steps, initial=done, desc=f"{self.name} epoch {epoch}/{self.cfg.epochs}", unit="step",
-                  disable=not self.settings.progress, leave=False, mininterval=0.5) as bar:
+        with tqdm(
+            total=steps,
+            initial=done,
+            desc=f"{self.name} epoch {epoch}/{self.cfg.epochs}",
+            unit="step",
+            disable=not self.settings.progress,
+            leave=False,
+            mininterval=0.5,
+        ) as bar:
             yield bar.update
 
     @contextmanager
@@ -115,8 +147,7 @@ class Trainer:
         self.loader.generator.set_state(state["generator"])
 
 
-def build_trainer(params: Params, name: str, settings: Settings, data: DeviceData,
-                  pretrained: bool = False) -> Trainer:
+def build_trainer(params: Params, name: str, settings: Settings, data: DeviceData, pretrained: bool = False) -> Trainer:
     """Model `name` ready to train on `data`, seeded from params.seed: what the training stage and the
     benchmarks run."""
     if settings.compile:

@@ -33,8 +33,12 @@ def resume_key(params: Params, name: str, device: torch.device, data_md5: str) -
 def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
     settings = Settings.resolve(params.runtime)
-    check_writable(paths.model_dir(name), paths.train_summary(name).parent, paths.history(name).parent,
-                   project_root() / paths.RESUME_DIR)
+    check_writable(
+        paths.model_dir(name),
+        paths.train_summary(name).parent,
+        paths.history(name).parent,
+        project_root() / paths.RESUME_DIR,
+    )
     if name == "resnet18" and params.resnet18.weights_path:
         check_weights_path(params.resnet18)
     check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
@@ -46,15 +50,36 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     key = resume_key(params, name, settings.device, data_md5)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
-        return StageRun(params, name, settings, tracker, data, dataset(params, arrays, data_md5),
-                        list(arrays.classes), resume_file, key, params_file).run()
+        return StageRun(
+            params,
+            name,
+            settings,
+            tracker,
+            data,
+            dataset(params, arrays, data_md5),
+            list(arrays.classes),
+            resume_file,
+            key,
+            params_file,
+        ).run()
 
 
 class StageRun:
     """One execution of a training stage: resume or start, the epochs, then the outputs."""
 
-    def __init__(self, params: Params, name: str, settings: Settings, tracker: Tracker, data: DeviceData,
-                 training_set, classes: list[str], resume_file: Path, key: str, params_file: Path = paths.PARAMS):
+    def __init__(
+        self,
+        params: Params,
+        name: str,
+        settings: Settings,
+        tracker: Tracker,
+        data: DeviceData,
+        training_set,
+        classes: list[str],
+        resume_file: Path,
+        key: str,
+        params_file: Path = paths.PARAMS,
+    ):
         self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
         self.cfg = params.model(name)
         self.settings, self.tracker, self.resume_file = settings, tracker, resume_file
@@ -76,8 +101,7 @@ class StageRun:
                         raise Interrupted(self.trainer.stop_signal)
                 self.recorder.wait()
                 check_params_unchanged(self.params, self.name, self.params_file)
-                summary = write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker,
-                                        self.classes)
+                summary = write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker, self.classes)
         except Interrupted as stop:
             self._save_interrupted(stop)
             raise
@@ -96,8 +120,10 @@ class StageRun:
         """Continue the checkpointed run, or warn and return False when it can't be continued."""
         problem = self.tracker.resume_problem(state["run_id"])
         if problem:  # e.g. mlflow.tracking_uri or mlflow.experiment changed since the kill
-            warnings.warn(f"resume checkpoint {self.resume_file} can't be continued: {problem}; starting a fresh run",
-                          stacklevel=2)
+            warnings.warn(
+                f"resume checkpoint {self.resume_file} can't be continued: {problem}; starting a fresh run",
+                stacklevel=2,
+            )
             return False
         try:
             self.trainer = build_trainer(self.params, self.name, self.settings, self.data)
@@ -105,22 +131,28 @@ class StageRun:
             checkpoint.set_rng_state(state["rng"])
             self.progress = RunProgress.from_dict(state)
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. the model's code changed
-            warnings.warn(f"resume checkpoint {self.resume_file} does not fit this code ({exc}); starting fresh",
-                          stacklevel=2)
+            warnings.warn(
+                f"resume checkpoint {self.resume_file} does not fit this code ({exc}); starting fresh", stacklevel=2
+            )
             return False
         self.tracker.reopen(self.progress.run_id)
         self.recorder.catch_up(self.progress)
         within = f" (+{self.progress.partial.steps} steps)" if self.progress.partial else ""
-        print(f"{self.stage}: resuming MLflow run {self.progress.run_id} after epoch "
-              f"{self.progress.epoch}{within}", flush=True)
+        print(
+            f"{self.stage}: resuming MLflow run {self.progress.run_id} after epoch {self.progress.epoch}{within}",
+            flush=True,
+        )
         return True
 
     def _start(self) -> None:
         self.trainer = build_trainer(self.params, self.name, self.settings, self.data, pretrained=True)
         model = self.trainer.model
         best_model = checkpoint.to_cpu(model.state_dict())
-        tags = {**base_tags(self.stage), "model": self.name,
-                "mlflow.note.content": model_description(self.name, self.stage)}
+        tags = {
+            **base_tags(self.stage),
+            "model": self.name,
+            "mlflow.note.content": model_description(self.name, self.stage),
+        }
         logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
         self.progress = RunProgress(self.tracker.start(run_name(self.name), tags, logged), best_model)
         self.tracker.log_dataset(self.training_set, "training")
@@ -142,42 +174,58 @@ class StageRun:
         self.progress.partial = stop.cursor
         self.recorder.save(self.trainer, self.progress)
         self.tracker.end("KILLED")
-        where = (f"epoch {stop.cursor.epoch}, step {stop.cursor.steps}" if stop.cursor
-                 else f"epoch {self.progress.epoch}")
-        print(f"{self.stage}: {stop}; checkpoint at {where} saved to {self.resume_file}; "
-              "run `dvc repro` to resume", flush=True)
+        where = (
+            f"epoch {stop.cursor.epoch}, step {stop.cursor.steps}" if stop.cursor else f"epoch {self.progress.epoch}"
+        )
+        print(
+            f"{self.stage}: {stop}; checkpoint at {where} saved to {self.resume_file}; run `dvc repro` to resume",
+            flush=True,
+        )
 
 
 def check_finite(result: EpochResult, trainer: Trainer, stage: str) -> None:
     """Raise Diverged on a non-finite loss or weights."""
-    bad = [f"{k} {v}" for k, v in (("train_loss", result.train_loss), ("val_loss", result.val_loss))
-           if not math.isfinite(v)]
+    bad = [
+        f"{k} {v}"
+        for k, v in (("train_loss", result.train_loss), ("val_loss", result.val_loss))
+        if not math.isfinite(v)
+    ]
     floats = [t for t in trainer.model.state_dict().values() if t.is_floating_point()]
     if not torch.stack([torch.isfinite(t).all() for t in floats]).all().item():
         bad.append("non-finite weights")
     if bad:
         opt, cfg = f"{trainer.name}.optimizer", trainer.cfg.optimizer
-        raise Diverged(f"{stage} diverged in epoch {result.epoch} ({', '.join(bad)}); no model was published "
-                       f"and the MLflow run is marked FAILED. Lower {opt}.lr = {cfg.lr} or "
-                       f"{opt}.weight_decay = {cfg.weight_decay} and rerun.")
+        raise Diverged(
+            f"{stage} diverged in epoch {result.epoch} ({', '.join(bad)}); no model was published "
+            f"and the MLflow run is marked FAILED. Lower {opt}.lr = {cfg.lr} or "
+            f"{opt}.weight_decay = {cfg.weight_decay} and rerun."
+        )
 
 
 def check_params_unchanged(params: Params, name: str, params_file: Path) -> None:
     """The params file must still hold the values this run trained with: DVC records what the file says
     when the stage ends, and a dvc.lock that names other values than the model's would be a lie."""
+
     def stage_view(p: Params) -> dict:
         return flatten({**p.stage_params(name), "mlflow": p.mlflow.model_dump()})
 
     trained, now = stage_view(params), stage_view(load_params(params_file))
-    changed = [f"{k}: {trained.get(k)!r} -> {now.get(k)!r}" for k in sorted(trained.keys() | now.keys())
-               if trained.get(k) != now.get(k)]
+    changed = [
+        f"{k}: {trained.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(trained.keys() | now.keys())
+        if trained.get(k) != now.get(k)
+    ]
     if changed:
-        raise ParamsError(f"{params_file} changed while {paths.STAGES[name]} ran ({'; '.join(changed)}). The model was "
-                          "trained with the old values, so nothing was published. Run `dvc repro` again to train "
-                          "with the file's values.")
+        raise ParamsError(
+            f"{params_file} changed while {paths.STAGES[name]} ran ({'; '.join(changed)}). The model was "
+            "trained with the old values, so nothing was published. Run `dvc repro` again to train "
+            "with the file's values."
+        )
 
 
 def _summary_line(stage: str, r: EpochResult) -> str:
-    return (f"{stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} "
-            f"val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f} lr {r.lr:.2e} "
-            f"{r.epoch_seconds:.1f}s {r.images_per_second:,.0f} img/s")
+    return (
+        f"{stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} "
+        f"val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f} lr {r.lr:.2e} "
+        f"{r.epoch_seconds:.1f}s {r.images_per_second:,.0f} img/s"
+    )

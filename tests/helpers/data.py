@@ -12,8 +12,20 @@ import numpy as np
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 # One well-separated colour per class: the classes survive crop, flip and colour jitter.
-PALETTE = np.array([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0],
-                    [255, 0, 255], [0, 255, 255], [255, 255, 255], [128, 128, 128], [255, 128, 0]])
+PALETTE = np.array(
+    [
+        [0, 0, 0],
+        [255, 0, 0],
+        [0, 255, 0],
+        [0, 0, 255],
+        [255, 255, 0],
+        [255, 0, 255],
+        [0, 255, 255],
+        [255, 255, 255],
+        [128, 128, 128],
+        [255, 128, 0],
+    ]
+)
 
 
 def make_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int]]:
@@ -25,8 +37,12 @@ def make_images(n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[int]
 
 
 def batch(data: np.ndarray, labels: list[int], name: str) -> dict:
-    return {"batch_label": name, "labels": labels, "data": data,
-            "filenames": [f"img_{i}.png" for i in range(len(labels))]}
+    return {
+        "batch_label": name,
+        "labels": labels,
+        "data": data,
+        "filenames": [f"img_{i}.png" for i in range(len(labels))],
+    }
 
 
 def members(n_train: int, n_test: int, seed: int) -> dict[str, dict]:

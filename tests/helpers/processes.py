@@ -16,9 +16,15 @@ from pathlib import Path
 
 def stage_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_", "PYTEST_"))}
-    env.update(DVC_NO_ANALYTICS="1", MLFLOW_DISABLE_TELEMETRY="true", GIT_AUTHOR_NAME="test",
-               GIT_AUTHOR_EMAIL="test@example.com", GIT_COMMITTER_NAME="test", GIT_COMMITTER_EMAIL="test@example.com",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env.update(
+        DVC_NO_ANALYTICS="1",
+        MLFLOW_DISABLE_TELEMETRY="true",
+        GIT_AUTHOR_NAME="test",
+        GIT_AUTHOR_EMAIL="test@example.com",
+        GIT_COMMITTER_NAME="test",
+        GIT_COMMITTER_EMAIL="test@example.com",
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     env.update(extra)
     return env
 
@@ -30,11 +36,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **e
     return result
 
 
-def stage(module: str, *args: str, cwd: Path, check: bool = True, timeout: float = 900,
-          **env: str) -> subprocess.CompletedProcess:
+def stage(
+    module: str, *args: str, cwd: Path, check: bool = True, timeout: float = 900, **env: str
+) -> subprocess.CompletedProcess:
     """Run a stage CLI (`python -m cifar_pipeline.stages.<module>`) the way dvc.yaml does."""
-    return run([sys.executable, "-m", f"cifar_pipeline.stages.{module}", *args], cwd, check=check, timeout=timeout,
-               **env)
+    return run(
+        [sys.executable, "-m", f"cifar_pipeline.stages.{module}", *args], cwd, check=check, timeout=timeout, **env
+    )
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
@@ -54,8 +62,15 @@ def free_port() -> int:
 
 def start_in_own_group(cmd: list[str], cwd, **env: str) -> subprocess.Popen:
     """A process with its stdout and stderr on one text pipe, in its own session (os.killpg reaches its children)."""
-    return subprocess.Popen(cmd, cwd=cwd, env=stage_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=stage_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def wait_for_line(proc: subprocess.Popen, pattern: str, timeout: float = 300) -> list[str]:

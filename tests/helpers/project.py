@@ -12,8 +12,16 @@ from torchvision.models import resnet18
 from helpers.processes import run
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config", ".dvc/.gitignore",
-                 ".dvc/plots/models.json", ".dvc/plots/offline.html"]
+PROJECT_FILES = [
+    "dvc.yaml",
+    "params.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+    ".dvc/plots/models.json",
+    ".dvc/plots/offline.html",
+]
 
 
 def tiny_params(md5: str) -> dict:

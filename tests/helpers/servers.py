@@ -25,8 +25,11 @@ import pytest
 from helpers.processes import free_port, stage_env, wait_until
 
 READY_TIMEOUT_S = 180
-S3_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "team-test", "AWS_SECRET_ACCESS_KEY": "team-test-secret",
-                  "AWS_DEFAULT_REGION": "us-east-1"}
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "team-test",
+    "AWS_SECRET_ACCESS_KEY": "team-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 
 def http_ok(url: str) -> Callable[[], bool]:
@@ -36,6 +39,7 @@ def http_ok(url: str) -> Callable[[], bool]:
                 return response.status == 200
         except (urllib.error.URLError, OSError):
             return False
+
     return check
 
 
@@ -86,17 +90,30 @@ def postgres() -> Iterator[str]:
 
     def pg(tool: str, *args: str) -> None:
         as_user = {"user": user, "group": pwd.getpwnam(user).pw_gid, "extra_groups": []} if user else {}
-        result = subprocess.run([str(bindir / tool), *args], cwd=root, capture_output=True, text=True,
-                                timeout=READY_TIMEOUT_S, **as_user)
+        result = subprocess.run(
+            [str(bindir / tool), *args], cwd=root, capture_output=True, text=True, timeout=READY_TIMEOUT_S, **as_user
+        )
         if result.returncode != 0:
             log = root / "postgres.log"
-            raise AssertionError(f"{tool} failed: {result.stdout}{result.stderr}"
-                                 f"{log.read_text() if log.exists() else ''}")
+            raise AssertionError(
+                f"{tool} failed: {result.stdout}{result.stderr}{log.read_text() if log.exists() else ''}"
+            )
 
     try:
         pg("initdb", "-D", str(root / "data"), "-U", "mlflow", "--auth=trust", "-E", "UTF8", "--no-sync")
-        pg("pg_ctl", "-D", str(root / "data"), "-l", str(root / "postgres.log"), "-w", "-t", str(READY_TIMEOUT_S),
-           "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off", "start")
+        pg(
+            "pg_ctl",
+            "-D",
+            str(root / "data"),
+            "-l",
+            str(root / "postgres.log"),
+            "-w",
+            "-t",
+            str(READY_TIMEOUT_S),
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off",
+            "start",
+        )
         try:
             pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "mlflow", "mlflow")
             yield f"postgresql+psycopg://mlflow@127.0.0.1:{port}/mlflow"
@@ -121,18 +138,32 @@ def s3_server(workdir: Path) -> Iterator[str]:
 
 
 @contextmanager
-def mlflow_server(backend_uri: str, artifacts_destination: str, s3_endpoint: str, workdir: Path,
-                  ui_host: str) -> Iterator[str]:
+def mlflow_server(
+    backend_uri: str, artifacts_destination: str, s3_endpoint: str, workdir: Path, ui_host: str
+) -> Iterator[str]:
     """`mlflow server` on a PostgreSQL store with proxied S3 artifacts, as docs/team.md starts it, with its UI
     opened as http://<ui_host>:<port> (a name that, on a team, resolves to the server host)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", backend_uri,
-           "--artifacts-destination", artifacts_destination, "--serve-artifacts",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "2",
-           "--allowed-hosts", f"{ui_host}:{port},127.0.0.1:{port}",
-           "--cors-allowed-origins", f"http://{ui_host}:{port}"]
+    cmd = [
+        str(Path(sys.executable).parent / "mlflow"),
+        "server",
+        "--backend-store-uri",
+        backend_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--serve-artifacts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "2",
+        "--allowed-hosts",
+        f"{ui_host}:{port},127.0.0.1:{port}",
+        "--cors-allowed-origins",
+        f"http://{ui_host}:{port}",
+    ]
     env = stage_env(MLFLOW_S3_ENDPOINT_URL=s3_endpoint, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **S3_CREDENTIALS)
     log = workdir / "mlflow-server.log"
     with background(cmd, env, log) as proc:

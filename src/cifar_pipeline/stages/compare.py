@@ -19,9 +19,12 @@ def main() -> None:
     table = build_table(params, champions)
     files = write(table)
     runs = {m: paths.read_json(paths.run_info(m), paths.STAGES[m], "run_id") for m in table["model"]}
-    tags = {**base_tags("compare"), **{f"run_id.{m}": r["run_id"] for m, r in runs.items()},
-            **{f"champion.{name}": version for name, version in champions.items()},
-            "mlflow.note.content": link_model_runs(tracker, runs)}
+    tags = {
+        **base_tags("compare"),
+        **{f"run_id.{m}": r["run_id"] for m, r in runs.items()},
+        **{f"champion.{name}": version for name, version in champions.items()},
+        "mlflow.note.content": link_model_runs(tracker, runs),
+    }
     tracker.start(run_name("comparison"), tags, {})
     with tracker.finishing():
         accuracies = zip(table["model"], table["test_accuracy"], strict=True)

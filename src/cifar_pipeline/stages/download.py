@@ -13,8 +13,11 @@ def main() -> None:
     # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
     archive = fetch_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
     full = read_archive(archive)
-    data = Cifar10(*first_n(full.train_x, full.train_y, cfg.train_limit),
-                   *first_n(full.test_x, full.test_y, cfg.test_limit), full.classes)
+    data = Cifar10(
+        *first_n(full.train_x, full.train_y, cfg.train_limit),
+        *first_n(full.test_x, full.test_y, cfg.test_limit),
+        full.classes,
+    )
     save_arrays(data, paths.DATA)
     print(f"download: {len(data.train_y)} train and {len(data.test_y)} test images -> {paths.DATA}")
 

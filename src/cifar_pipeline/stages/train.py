@@ -11,8 +11,10 @@ def main() -> None:
     from ..training import train  # torch and mlflow load only once the params are known to be valid
 
     summary = train(params, model, params_file)
-    print(f"{paths.STAGES[model]}: best val_acc {summary['best_val_acc']:.4f} "
-          f"(epoch {summary['best_epoch']}), {summary['train_seconds']:.1f}s training")
+    print(
+        f"{paths.STAGES[model]}: best val_acc {summary['best_val_acc']:.4f} "
+        f"(epoch {summary['best_epoch']}), {summary['train_seconds']:.1f}s training"
+    )
 
 
 if __name__ == "__main__":
