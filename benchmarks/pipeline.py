@@ -406,13 +406,13 @@ def main() -> None:
             "command": " ".join(["python", "benchmarks/pipeline.py", *sys.argv[1:]]),
             "runs": {},
         }
-        for name in args.runs:
+        result.update(device_info(repo, env))
+        for name in args.runs:  # written after each run, so a run cut short keeps the ones before it
             print(f"pipeline benchmark: {name} run in {repo}", flush=True)
             result["runs"][name] = measure(repo, env, name, out_dir, processes)
-        result.update(device_info(repo, env))
-        atomic.write_json(out_dir / "pipeline.json", result)
-        report = table(result)
-        atomic.write_text(out_dir / "pipeline.md", report + "\n")
+            atomic.write_json(out_dir / "pipeline.json", result)
+            report = table(result)
+            atomic.write_text(out_dir / "pipeline.md", report + "\n")
         print(report)
         print(f"pipeline benchmark: wrote {out_dir / 'pipeline.json'}")
         if args.record:

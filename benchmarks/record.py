@@ -68,13 +68,18 @@ def main() -> None:
     print(json.dumps(entry, indent=2))
 
 
+PER_RECIPE = ("recipes",)  # kept on top: each recipe's entry carries its own date and commit
+
+
 def push_run(results: Path, entry: dict) -> None:
     """entry becomes the newest run of results.json; the run that was newest moves into `history`."""
-    previous = json.loads(results.read_text()) if results.exists() else None
+    previous = json.loads(results.read_text()) if results.exists() else {}
+    kept = {k: previous[k] for k in PER_RECIPE if k in previous}
     history = []
     if previous:
-        history = [{k: v for k, v in previous.items() if k != "history"}, *previous.get("history", [])]
-    atomic.write_json(results, {**entry, "history": history})
+        run = {k: v for k, v in previous.items() if k not in ("history", *PER_RECIPE)}
+        history = [run, *previous.get("history", [])]
+    atomic.write_json(results, {**entry, **kept, "history": history})
 
 
 if __name__ == "__main__":
