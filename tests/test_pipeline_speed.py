@@ -1,4 +1,5 @@
-"""What keeps `dvc repro` fast: compare never loads torch, the archive is read in one pass whatever its
+"""What keeps `dvc repro` fast: compare never loads torch, the models that don't need torchvision don't load it
+(it imports torch._dynamo), the archive is read in one pass whatever its
 member order, and benchmarks/pipeline.py times every stage of a cold and a warm run."""
 
 from __future__ import annotations
@@ -32,6 +33,29 @@ def test_compare_stage_imports_neither_torch_nor_matplotlib():
         [sys.executable, "-c", COMPARE_IMPORTS], env=stage_env(), capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[]"
+
+
+MODEL_IMPORTS = """
+import sys
+import cifar_pipeline.stages.evaluate, cifar_pipeline.predict
+from cifar_pipeline.config import load_params
+from cifar_pipeline.models import model_from_params
+params = load_params(sys.argv[1])
+for name in ("cnn", "resnet34", "resnet18"):
+    model_from_params(params, name, pretrained=False)
+    print(name, "torchvision" in sys.modules)
+"""
+
+
+def test_only_the_torchvision_models_import_torchvision():
+    out = subprocess.run(
+        [sys.executable, "-c", MODEL_IMPORTS, str(ROOT / "params.yaml")],
+        env=stage_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.split() == ["cnn", "False", "resnet34", "False", "resnet18", "True"]
 
 
 def test_archive_members_in_any_order_and_with_extra_files_read_the_same(tmp_path):

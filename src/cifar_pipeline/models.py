@@ -9,7 +9,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18, resnet34
 
 from .config import CnnParams, ModelParams, Params, Resnet18Params, Resnet34Params
 from .errors import WeightsError
@@ -138,6 +137,8 @@ class ResNet34(nn.Module):
 
 def torchvision_resnet34(stem: str) -> nn.Module:
     """torchvision's resnet34 with a 10-class head; the CIFAR stem swaps conv1 and drops the max-pool."""
+    from torchvision.models import resnet34  # torchvision only where it builds a model: it imports torch._dynamo
+
     net = resnet34(weights=None, num_classes=NUM_CLASSES)
     if stem == "cifar":
         net.conv1 = cifar_stem_conv()
@@ -172,6 +173,8 @@ def imagenet_state_dict(cfg: Resnet18Params) -> dict[str, torch.Tensor] | None:
         return state
     if cfg.weights == "none":
         return None
+    from torchvision.models import ResNet18_Weights
+
     weights = ResNet18_Weights[cfg.weights]
     try:
         return weights.get_state_dict(progress=False, check_hash=True)
@@ -204,6 +207,8 @@ def key_mismatch(net: nn.Module, state_dict: dict, shown: int = 3) -> str:
 
 
 def finetune_resnet18(cfg: Resnet18Params, state_dict: dict[str, torch.Tensor] | None) -> nn.Module:
+    from torchvision.models import resnet18
+
     net = resnet18(weights=None)
     if state_dict is not None:
         try:
