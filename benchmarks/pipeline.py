@@ -42,6 +42,7 @@ import yaml
 
 from cifar_pipeline import atomic
 from cifar_pipeline.paths import STAGES
+from cifar_pipeline.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -329,11 +330,6 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return out.stdout.strip() or "unknown"
-
-
 def record(result: dict, results: Path) -> None:
     """Merge into results.json: into the newest run if it is of this commit, else as a new newest run."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -402,7 +398,7 @@ def main() -> None:
         env = stage_env(work, repo, processes)
         result = {
             "date": dt.date.today().isoformat(),
-            "commit": git_commit(),
+            "commit": git_commit(ROOT)[:7],
             "command": " ".join(["python", "benchmarks/pipeline.py", *sys.argv[1:]]),
             "runs": {},
         }

@@ -42,9 +42,8 @@ def write_outputs(
     checkpoint.save(
         checkpoint.model_file(name, cfg_dump, classes, checkpoint.to_cpu(trainer.model.state_dict())), last_file
     )
-    write_history(progress.history, paths.history(name))
-
     history = progress.history
+    write_history(history, paths.history(name))
     summary = {
         "best_val_acc": progress.best_val_acc,
         "best_epoch": progress.best_epoch,
