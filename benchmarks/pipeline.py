@@ -83,7 +83,12 @@ print(json.dumps(time.perf_counter() - t))
 """
 WRAPPER = """#!/bin/sh
 printf 'start %s %s\\n' "$(date +%s.%N)" "$*" >> "$PIPELINE_BENCH_PROCESSES"
-"{python}" "$@"
+if [ -n "$PIPELINE_BENCH_PROFILE" ]; then
+  "{python}" -m pyinstrument -i 0.002 -r pyisession \\
+    -o "$PIPELINE_BENCH_PROFILE/$(date +%s.%N)-$(echo "$*" | tr -c 'A-Za-z0-9.\\n' _).pyisession" "$@"
+else
+  "{python}" "$@"
+fi
 rc=$?
 printf 'end %s %s\\n' "$(date +%s.%N)" "$*" >> "$PIPELINE_BENCH_PROCESSES"
 exit $rc
@@ -282,8 +287,11 @@ def device_info(repo: Path, env: dict[str, str]) -> dict[str, str]:
     return json.loads(out.splitlines()[-1])
 
 
-def measure(repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path) -> dict:
+def measure(repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path, profile: bool) -> dict:
     processes.write_text("")
+    if profile:
+        (out_dir / f"profiles-{name}").mkdir(exist_ok=True)
+        env = {**env, "PIPELINE_BENCH_PROFILE": str(out_dir / f"profiles-{name}")}
     start = time.time()
     lines, end = run_repro(repo, env, force=name != "cold", log=out_dir / f"repro-{name}.log")
     stages = stage_breakdown(lines, end, read_processes(processes), repo)
@@ -379,9 +387,18 @@ def main() -> None:
         help="folder for pipeline.json and the logs (default: a new folder in the temp dir)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the project copy (its path is printed)")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="run every stage's process under pyinstrument (pip install pyinstrument), one session per process "
+        "in --out/profiles-<run>/ (read with `pyinstrument --load FILE`); its overhead inflates the walls, so "
+        "don't --record a profiled run",
+    )
     parser.add_argument("--record", action="store_true", help="merge the result into --results")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
+    if args.profile and args.record:
+        parser.error("--profile inflates the walls: record an unprofiled run")
     if args.runs[0] != "cold":
         parser.error("--runs must start with cold: the warm run reuses the cold run's caches")
     archive = args.archive or (ROOT / "data" / "cifar-10-python.tar.gz")
@@ -405,7 +422,7 @@ def main() -> None:
         result.update(device_info(repo, env))
         for name in args.runs:  # written after each run, so a run cut short keeps the ones before it
             print(f"pipeline benchmark: {name} run in {repo}", flush=True)
-            result["runs"][name] = measure(repo, env, name, out_dir, processes)
+            result["runs"][name] = measure(repo, env, name, out_dir, processes, args.profile)
             atomic.write_json(out_dir / "pipeline.json", result)
             report = table(result)
             atomic.write_text(out_dir / "pipeline.md", report + "\n")
