@@ -33,6 +33,17 @@ def run(main: Callable[[], int | None]) -> None:
         raise SystemExit(code)
 
 
+def run_stage(main: Callable[[], int | None]) -> None:
+    """A DVC stage's entry point: run in a fork of the project's prefork server when one is ready (no
+    imports to pay), else here (see prefork.py)."""
+    from . import prefork
+
+    code = prefork.delegate(sys.modules["__main__"].__spec__.name)
+    if code is not None:
+        raise SystemExit(code)
+    run(main)
+
+
 def parse_stage_args(description: str, per_model: bool) -> tuple:
     """The stage's params (validated), for per-model stages the model name, and the params file."""
     from . import paths

@@ -24,6 +24,7 @@ def stage_env(**extra: str) -> dict[str, str]:
         GIT_COMMITTER_NAME="test",
         GIT_COMMITTER_EMAIL="test@example.com",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        CIFAR_PREFORK="0",  # no background servers; tests/test_prefork.py turns it on
     )
     env.update(extra)
     return env

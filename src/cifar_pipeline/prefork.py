@@ -1,0 +1,419 @@
+"""Prefork: stages run as forks of a process that imported torch, MLflow and matplotlib once.
+
+A fresh interpreter pays 10-15 s of imports before a stage does any work (torch, torch._dynamo, MLflow
+and its store, matplotlib; docs/speed.md). The first stage of a `dvc repro` starts a server in the
+background and runs as usual; the stages after it send their arguments, environment, working directory
+and stdin/stdout/stderr to the server, which forks a child to run them. The stage's own process stays
+the one DVC started: it forwards signals to the child and exits with the child's status, and the child
+dies with it (a kill -9 of the stage kills the child too). The server imports no project code, so every
+child runs the code on disk; it serves one project, interpreter and environment (a different one starts
+its own) and exits when idle for CIFAR_PREFORK_IDLE_SECONDS (default 60). Linux only; CIFAR_PREFORK=0
+turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import importlib.util
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .paths import project_root
+
+PRELOAD = (
+    "numpy",
+    "yaml",
+    "pydantic",
+    "torch",
+    "torch._dynamo",  # what torch.optim's first optimizer imports: 3-6 s
+    "torchvision",
+    "pandas",
+    "mlflow",
+    "mlflow.pyfunc",
+    "mlflow.store.tracking.sqlalchemy_store",
+    "mlflow.store.model_registry.sqlalchemy_store",
+    "matplotlib.pyplot",
+)
+# Vary between the stages of one `dvc repro` without changing how the libraries import.
+VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
+CHILD_ENV = "CIFAR_PREFORK_CHILD"
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # forwarded to the child
+
+
+def enabled() -> bool:
+    return (
+        sys.platform == "linux"
+        and os.environ.get("CIFAR_PREFORK", "1") != "0"
+        and CHILD_ENV not in os.environ
+        and hasattr(os, "pidfd_open")
+    )
+
+
+def idle_seconds() -> float:
+    return float(os.environ.get("CIFAR_PREFORK_IDLE_SECONDS", "60"))
+
+
+def server_key(root: Path) -> str:
+    """Same project, interpreter, environment, libraries and server code: the same server."""
+    env = {k: v for k, v in os.environ.items() if k not in VOLATILE_ENV and not k.startswith("DVC_")}
+    libs = {}
+    for name in ("torch", "torchvision", "mlflow", "matplotlib", "numpy", "pandas"):
+        spec = importlib.util.find_spec(name)
+        libs[name] = spec and spec.origin and os.stat(spec.origin).st_mtime_ns
+    identity = [
+        str(root),
+        sys.executable,
+        sys.version,
+        sys.flags,
+        sys.warnoptions,
+        env,
+        libs,
+        Path(__file__).read_bytes(),
+    ]
+    return hashlib.sha256(repr(identity).encode()).hexdigest()[:20]
+
+
+def socket_dir() -> Path:
+    """A folder only this user can enter (unix socket paths must stay short)."""
+    folder = Path(tempfile.gettempdir()) / f"cifar-prefork-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise OSError(f"{folder} is not private to this user")
+    return folder
+
+
+def _send(sock: socket.socket, message: dict, fds: list[int] | None = None) -> None:
+    data = json.dumps(message).encode()
+    frame = struct.pack("!I", len(data)) + data
+    if fds:
+        socket.send_fds(sock, [frame], fds)
+    else:
+        sock.sendall(frame)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise ConnectionError("closed")
+        buf += chunk
+    return buf
+
+
+def _recv(sock: socket.socket, with_fds: int = 0) -> tuple[dict, list[int]]:
+    fds: list[int] = []
+    if with_fds:
+        head, fds, _, _ = socket.recv_fds(sock, 4, with_fds)
+        if len(head) < 4:
+            head += _recv_exact(sock, 4 - len(head))
+    else:
+        head = _recv_exact(sock, 4)
+    return json.loads(_recv_exact(sock, struct.unpack("!I", head)[0])), fds
+
+
+# Client: the stage process DVC started.
+
+
+def delegate(module: str) -> int | None:
+    """Run `python -m module <this process's arguments>` in a fork of the project's server and return
+    its exit status; None when no server is ready (a new one is started for the next stages)."""
+    if not enabled():
+        return None
+    try:
+        root = project_root()
+        key = server_key(root)
+        base = socket_dir() / key
+        sock = _connect(base)
+        if sock is None:
+            _start_server(base, root)
+            return None
+        request = {
+            "module": module,
+            "argv": sys.argv[1:],
+            "cwd": os.getcwd(),
+            "env": dict(os.environ),
+            "path": sys.path,
+            "umask": _umask(),
+        }
+    except (OSError, ConnectionError, ValueError):
+        return None  # no server, or it went away before forking: run here
+    try:
+        _send(sock, request, [0, 1, 2])
+        pid = _recv(sock)[0]["pid"]
+    except (OSError, ConnectionError, KeyError, ValueError):
+        sock.close()  # a child forked for this request sees the close and dies before doing anything
+        return None
+
+    def forward(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for signum in SIGNALS:  # the terminal's and DVC's signals reach this process; pass them on
+        signal.signal(signum, forward)
+    try:
+        status = _recv(sock)[0]["status"]
+    except (OSError, ConnectionError, ValueError):
+        status = signal.SIGKILL  # the server died: the child went with it (its watchdog)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # killed by a signal: end the same way, as DVC would have seen it
+        signal.signal(-code, signal.SIG_DFL)
+        os.kill(os.getpid(), -code)
+    return code
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _connect(base: Path) -> socket.socket | None:
+    """A connection to the ready server; waits while one is starting."""
+    with open(base.with_suffix(".starting"), "a+b") as starting:
+        fcntl.flock(starting, fcntl.LOCK_SH)  # held by a starting server until it listens
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(base.with_suffix(".sock")))
+    except (FileNotFoundError, ConnectionRefusedError):
+        sock.close()
+        return None
+    return sock
+
+
+def _start_server(base: Path, root: Path) -> None:
+    """Start a server in the background unless one is running (it may be exiting)."""
+    alive = open(base.with_suffix(".lock"), "a+b")  # noqa: SIM115 (handed to the server)
+    starting = open(base.with_suffix(".starting"), "a+b")  # noqa: SIM115
+    try:
+        try:
+            fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return
+        fcntl.flock(starting, fcntl.LOCK_EX)
+        with open(base.with_suffix(".log"), "wb") as log:
+            subprocess.Popen(
+                [sys.executable, "-m", __name__, str(base), str(alive.fileno()), str(starting.fileno())],
+                cwd=root,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                pass_fds=(alive.fileno(), starting.fileno()),
+                start_new_session=True,  # not in the stage's process group: its Ctrl-C is not ours
+            )
+    finally:  # the server holds both locks now
+        alive.close()
+        starting.close()
+
+
+# Server.
+
+
+def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
+    """Preload, listen, fork a child per request; return when idle or asked to stop."""
+    for name in PRELOAD:
+        if importlib.util.find_spec(name.split(".")[0]) is not None:
+            __import__(name)
+    if "libcuda.so" in Path("/proc/self/maps").read_text():  # a fork can't use CUDA once the parent did
+        raise SystemExit("prefork: a preloaded library initialised CUDA; not serving")
+    import gc
+
+    gc.collect()
+    gc.freeze()  # children share the imported modules' pages instead of copying them
+    sock_path = base.with_suffix(".sock")
+    sock_path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(sock_path))
+    listener.listen(16)
+    os.close(starting_fd)  # ready: waiting clients connect now
+    children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, the stage process's connection)
+    idle_since = time.monotonic()
+    listening = True
+    try:
+        while children or (listening and time.monotonic() - idle_since < idle_seconds()):
+            timeout = None if children else max(idle_seconds() - (time.monotonic() - idle_since), 0)
+            ready, _, _ = select.select([*children, *([listener] if listening else [])], [], [], timeout)
+            for fd in ready:
+                if fd is not listener:
+                    _report_exit(fd, *children.pop(fd))
+                    idle_since = time.monotonic()
+                    continue
+                conn, _ = listener.accept()
+                try:
+                    request, fds = _recv(conn, with_fds=3)
+                except (OSError, ConnectionError, ValueError):
+                    conn.close()
+                    continue
+                if request.get("stop") == os.getcwd():  # finish the running children, take no more
+                    listening = False
+                    sock_path.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):
+                        _send(conn, {"stopping": True})
+                pid = _fork_child(request, fds, conn, [listener.fileno(), *children, *inherited])
+                if pid is None:
+                    conn.close()
+                else:
+                    children[os.pidfd_open(pid)] = (pid, conn)
+    finally:
+        if listening:
+            sock_path.unlink(missing_ok=True)
+        listener.close()
+
+
+def _report_exit(pidfd: int, pid: int, conn: socket.socket) -> None:
+    os.close(pidfd)
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):  # the stage's process is gone; the child was killed with it
+        _send(conn, {"status": status})
+    conn.close()
+
+
+def _fork_child(request: dict, fds: list[int], conn: socket.socket, server_fds: list[int]) -> int | None:
+    """The child's pid, sent to the stage's process; None for a malformed request."""
+    if len(fds) != 3 or "module" not in request:
+        for fd in fds:
+            os.close(fd)
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        for fd in server_fds:
+            os.close(fd)
+        _run_child(request, fds, conn)
+    for fd in fds:
+        os.close(fd)
+    print(f"forked {pid}: {request['module']} {' '.join(request['argv'])} in {request['cwd']}", flush=True)
+    try:
+        _send(conn, {"pid": pid})
+    except OSError:
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
+def stop(root: Path) -> None:
+    """Stop this user's servers of the project at root (e.g. before timing a fresh start), starting ones too."""
+    if sys.platform != "linux":
+        return
+    for starting in socket_dir().glob("*.starting"):
+        base = starting.with_suffix("")
+        try:
+            sock = _connect(base)
+            if sock is None:
+                continue
+            with sock:
+                _send(sock, {"stop": str(root.resolve())}, [0, 1, 2])
+                _recv(sock)  # only a server of this project answers
+        except (OSError, ConnectionError, ValueError):
+            continue
+        with open(base.with_suffix(".lock"), "a+b") as alive:
+            fcntl.flock(alive, fcntl.LOCK_SH)  # returns once that server has exited
+
+
+def _run_child(request: dict, fds: list[int], conn: socket.socket) -> None:
+    """In the fork: become the stage's process, run the module, exit. Never returns."""
+    import runpy
+    import threading
+    import traceback
+
+    code = 1
+    try:
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        _rebind_stdio()
+        os.chdir(request["cwd"])
+        os.umask(request["umask"])
+        os.environ.clear()
+        os.environ.update(request["env"], **{CHILD_ENV: "1"})
+        sys.path[:] = request["path"]
+        sys.argv = [sys.argv[0], *request["argv"]]
+        for name in [m for m in sys.modules if m == "cifar_pipeline" or m.startswith("cifar_pipeline.")]:
+            del sys.modules[name]  # the code on disk, not the version the server started with
+        importlib.invalidate_caches()
+        threading.Thread(target=_die_with_client, args=(conn,), daemon=True).start()
+        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:  # as the interpreter ends on an uncaught Ctrl-C: traceback, then killed by SIGINT
+        traceback.print_exc()
+        _exit(0, signal.SIGINT)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        _exit(code)
+
+
+def _die_with_client(conn: socket.socket) -> None:
+    """The stage's process closes the connection only by exiting: when it is gone, so is this child."""
+    try:
+        while conn.recv(1024):
+            pass
+    finally:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _rebind_stdio() -> None:
+    """New sys.std* over fds 0-2, buffered as a fresh interpreter would buffer them."""
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED"))
+    for name, fd, errors in (("stdin", 0, "strict"), ("stdout", 1, "strict"), ("stderr", 2, "backslashreplace")):
+        mode = "r" if fd == 0 else "w"
+        tty = os.isatty(fd)
+        stream = open(  # noqa: SIM115 (the process's own streams)
+            fd,
+            mode,
+            closefd=False,
+            errors=errors,
+            encoding=getattr(sys, name).encoding,
+            buffering=-1,
+            newline=None if fd == 0 else "\n",
+        )
+        if fd:
+            stream.reconfigure(line_buffering=tty or fd == 2, write_through=unbuffered)
+        setattr(sys, name, stream)
+        setattr(sys, f"__{name}__", stream)
+
+
+def _exit(code: int, signum: int | None = None) -> None:
+    """Exit as the interpreter does (threads joined, atexit handlers run, streams flushed)."""
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # what the interpreter calls first at exit: waits for non-daemon threads
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        if signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        os._exit(code)
+
+
+def main() -> None:
+    base, alive_fd, starting_fd = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    try:
+        serve(base, starting_fd, [alive_fd])
+    finally:
+        os.close(alive_fd)  # the next client may start a server
+
+
+if __name__ == "__main__":
+    main()
