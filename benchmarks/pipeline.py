@@ -40,7 +40,7 @@ from pathlib import Path
 
 import yaml
 
-from cifar_pipeline import atomic
+from cifar_pipeline import atomic, prefork
 from cifar_pipeline.paths import STAGES
 from cifar_pipeline.tracking import git_commit
 
@@ -289,9 +289,10 @@ def device_info(repo: Path, env: dict[str, str]) -> dict[str, str]:
 
 def measure(repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path, profile: bool) -> dict:
     processes.write_text("")
-    if profile:
+    if profile:  # the stages' own processes, not forks of the prefork server
         (out_dir / f"profiles-{name}").mkdir(exist_ok=True)
-        env = {**env, "PIPELINE_BENCH_PROFILE": str(out_dir / f"profiles-{name}")}
+        env = {**env, "PIPELINE_BENCH_PROFILE": str(out_dir / f"profiles-{name}"), "CIFAR_PREFORK": "0"}
+    prefork.stop(repo)  # each run starts as a user's later `dvc repro` would: no server left from a minute ago
     start = time.time()
     lines, end = run_repro(repo, env, force=name != "cold", log=out_dir / f"repro-{name}.log")
     stages = stage_breakdown(lines, end, read_processes(processes), repo)
@@ -432,6 +433,7 @@ def main() -> None:
             record(result, args.results)
             print(f"pipeline benchmark: recorded in {args.results}")
     finally:
+        prefork.stop(work / "project")
         if args.keep:
             print(f"pipeline benchmark: project copy kept in {work / 'project'}")
         else:
