@@ -141,7 +141,7 @@ def test_pipeline_through_the_server_killed_mid_training_resumes_and_finishes(pr
         assert wait_gone(int(re.search(r"forked (\d+)", forked[-1])[1]))
 
         rerun = run(["dvc", "repro"], project, **env)
-        assert re.search(r"train_cnn: resuming MLflow run \w+ after epoch 1", rerun.stdout), rerun.stdout
+        assert re.search(r"train_cnn: resuming MLflow run \w+ after epoch \d", rerun.stdout), rerun.stdout
         modules = " ".join(server_log_lines(project))
         for module in ("train cnn", "train resnet34", "train resnet18", "evaluate cnn", "compare"):
             assert f"stages.{module}" in modules, modules

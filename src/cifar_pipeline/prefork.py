@@ -202,8 +202,12 @@ def _start_server(base: Path, root: Path) -> None:
             fcntl.flock(alive, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return
+        if base.with_suffix(".refused").exists():  # this set-up can't be served; it said why there
+            return
         fcntl.flock(starting, fcntl.LOCK_EX)
-        with open(base.with_suffix(".log"), "wb") as log:
+        with open(base.with_suffix(".log"), "ab") as log:
+            log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} starting a server for {root}\n".encode())
+            log.flush()
             subprocess.Popen(
                 [sys.executable, "-m", __name__, str(base), str(alive.fileno()), str(starting.fileno())],
                 cwd=root,
@@ -226,8 +230,10 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     for name in PRELOAD:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             __import__(name)
-    if "libcuda.so" in Path("/proc/self/maps").read_text():  # a fork can't use CUDA once the parent did
-        raise SystemExit("prefork: a preloaded library initialised CUDA; not serving")
+    problem = _fork_problem()
+    if problem:  # e.g. a preloaded library initialised CUDA, which a fork can't use then
+        base.with_suffix(".refused").write_text(problem)
+        raise SystemExit(f"prefork: not serving: {problem}")
     import gc
 
     gc.collect()
@@ -270,6 +276,23 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
         if listening:
             sock_path.unlink(missing_ok=True)
         listener.close()
+
+
+def _fork_problem() -> str | None:
+    """Why a fork of this process could not run a stage: tried in a fork that uses CUDA as stages do."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.ones(1, device="cuda").sum().item()
+        except BaseException as exc:  # anything means: do not serve
+            print(f"{type(exc).__name__}: {exc}", flush=True)
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return None if status == 0 else f"CUDA failed in a fork (status {status}); see the line above"
 
 
 def _report_exit(pidfd: int, pid: int, conn: socket.socket) -> None:
