@@ -48,6 +48,7 @@ PRELOAD = (
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
+_set_by_imports: dict[str, str] = {}  # environment variables the preloaded libraries set in the server
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # forwarded to the child
 
 
@@ -227,9 +228,11 @@ def _start_server(base: Path, root: Path) -> None:
 
 def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     """Preload, listen, fork a child per request; return when idle or asked to stop."""
+    before = dict(os.environ)
     for name in PRELOAD:
         if importlib.util.find_spec(name.split(".")[0]) is not None:
             __import__(name)
+    _set_by_imports.update({k: v for k, v in os.environ.items() if before.get(k) != v})
     problem = _fork_problem()
     if problem:  # e.g. a preloaded library initialised CUDA, which a fork can't use then
         base.with_suffix(".refused").write_text(problem)
@@ -359,8 +362,10 @@ def _run_child(request: dict, fds: list[int], conn: socket.socket) -> None:
         _rebind_stdio()
         os.chdir(request["cwd"])
         os.umask(request["umask"])
-        os.environ.clear()
-        os.environ.update(request["env"], **{CHILD_ENV: "1"})
+        os.environ.clear()  # the stage's environment, plus what the imports set as they would have in it
+        os.environ.update(_set_by_imports)
+        os.environ.update(request["env"])
+        os.environ[CHILD_ENV] = "1"
         sys.path[:] = request["path"]
         sys.argv = [sys.argv[0], *request["argv"]]
         for name in [m for m in sys.modules if m == "cifar_pipeline" or m.startswith("cifar_pipeline.")]:
