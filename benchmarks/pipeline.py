@@ -287,7 +287,9 @@ def device_info(repo: Path, env: dict[str, str]) -> dict[str, str]:
     return json.loads(out.splitlines()[-1])
 
 
-def measure(repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path, profile: bool) -> dict:
+def measure(
+    repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path, profile: bool, with_probe: bool
+) -> dict:
     processes.write_text("")
     if profile:  # the stages' own processes, not forks of the prefork server
         (out_dir / f"profiles-{name}").mkdir(exist_ok=True)
@@ -299,7 +301,7 @@ def measure(repo: Path, env: dict[str, str], name: str, out_dir: Path, processes
     return {
         "wall": round(end - start, 2),
         "stages": {s: round_all(e) for s, e in stages.items()},
-        "probe": probe(repo, env),
+        "probe": probe(repo, env) if with_probe else {},
     }
 
 
@@ -335,7 +337,9 @@ def table(result: dict) -> str:
             parts = entry.get("parts", {})
             lines.append(f"| {stage} | " + " | ".join(f"{parts[p]:.2f}" if p in parts else "" for p in PARTS) + " |")
         probe_cells = ", ".join(f"{k} {v:.2f}" for k, v in result["runs"][r]["probe"].items())
-        lines += ["", f"Start-up costs, each in a fresh process after the {r} run (s): {probe_cells}", ""]
+        if probe_cells:
+            lines += ["", f"Start-up costs, each in a fresh process after the {r} run (s): {probe_cells}"]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -395,6 +399,7 @@ def main() -> None:
         "in --out/profiles-<run>/ (read with `pyinstrument --load FILE`); its overhead inflates the walls, so "
         "don't --record a profiled run",
     )
+    parser.add_argument("--no-probe", action="store_true", help="skip the start-up probe after each run")
     parser.add_argument("--record", action="store_true", help="merge the result into --results")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
@@ -423,7 +428,7 @@ def main() -> None:
         result.update(device_info(repo, env))
         for name in args.runs:  # written after each run, so a run cut short keeps the ones before it
             print(f"pipeline benchmark: {name} run in {repo}", flush=True)
-            result["runs"][name] = measure(repo, env, name, out_dir, processes, args.profile)
+            result["runs"][name] = measure(repo, env, name, out_dir, processes, args.profile, not args.no_probe)
             atomic.write_json(out_dir / "pipeline.json", result)
             report = table(result)
             atomic.write_text(out_dir / "pipeline.md", report + "\n")

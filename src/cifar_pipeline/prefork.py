@@ -229,14 +229,17 @@ def _start_server(base: Path, root: Path) -> None:
 def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     """Preload, listen, fork a child per request; return when idle or asked to stop."""
     before = dict(os.environ)
-    for name in PRELOAD:
-        if importlib.util.find_spec(name.split(".")[0]) is not None:
-            __import__(name)
-    _set_by_imports.update({k: v for k, v in os.environ.items() if before.get(k) != v})
-    problem = _fork_problem()
-    if problem:  # e.g. a preloaded library initialised CUDA, which a fork can't use then
-        base.with_suffix(".refused").write_text(problem)
+    try:
+        for name in PRELOAD:
+            if importlib.util.find_spec(name.split(".")[0]) is not None:
+                __import__(name)
+        problem = _fork_problem()
+    except Exception as exc:
+        problem = f"preloading failed: {exc!r}"
+    if problem:  # the stages of this set-up run in their own processes from now on
+        base.with_suffix(".refused").write_text(problem + "\n")
         raise SystemExit(f"prefork: not serving: {problem}")
+    _set_by_imports.update({k: v for k, v in os.environ.items() if before.get(k) != v})
     import gc
 
     gc.collect()
@@ -270,7 +273,8 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
                     sock_path.unlink(missing_ok=True)
                     with contextlib.suppress(OSError):
                         _send(conn, {"stopping": True})
-                pid = _fork_child(request, fds, conn, [listener.fileno(), *children, *inherited])
+                open_fds = [listener.fileno(), *children, *(c.fileno() for _, c in children.values()), *inherited]
+                pid = _fork_child(request, fds, conn, open_fds)
                 if pid is None:
                     conn.close()
                 else:
@@ -359,13 +363,13 @@ def _run_child(request: dict, fds: list[int], conn: socket.socket) -> None:
         for target, fd in enumerate(fds):
             os.dup2(fd, target)
             os.close(fd)
-        _rebind_stdio()
         os.chdir(request["cwd"])
         os.umask(request["umask"])
         os.environ.clear()  # the stage's environment, plus what the imports set as they would have in it
         os.environ.update(_set_by_imports)
         os.environ.update(request["env"])
         os.environ[CHILD_ENV] = "1"
+        _rebind_stdio()
         sys.path[:] = request["path"]
         sys.argv = [sys.argv[0], *request["argv"]]
         for name in [m for m in sys.modules if m == "cifar_pipeline" or m.startswith("cifar_pipeline.")]:
