@@ -9,6 +9,8 @@ import shutil
 import tarfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +44,15 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def md5sum_in_background(path: Path) -> Callable[[], str]:
+    """Start md5sum(path) on a thread (hashing releases the GIL, so other work goes on meanwhile);
+    call the returned function for the digest."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="md5")
+    future = pool.submit(md5sum, path)
+    pool.shutdown(wait=False)  # the thread ends when the hash is done
+    return future.result
 
 
 def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
