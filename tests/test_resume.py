@@ -77,6 +77,20 @@ def test_sigkill_then_repro_resumes_to_identical_weights(resumable, tmp_path, ki
 
 
 @pytest.mark.slow
+def test_sigkill_right_after_start_resumes_the_started_run(resumable):
+    proc = start_in_own_group(["dvc", "repro", "train_cnn"], resumable)
+    lines = wait_for_line(proc, r"started MLflow run")  # printed once the first checkpoint is on disk
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = re.search(r"started MLflow run (\w+)", lines[-1]).group(1)
+
+    rerun = run(["dvc", "repro", "train_cnn"], resumable)
+
+    assert f"resuming MLflow run {run_id} after epoch 0" in rerun.stdout, rerun.stdout
+    assert_one_complete_run(resumable)
+
+
+@pytest.mark.slow
 def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_path):
     reference = tmp_path / "reference"
     shutil.copytree(resumable, reference, symlinks=True)

@@ -4,6 +4,7 @@ explicitly where it is needed (never at import)."""
 from __future__ import annotations
 
 import os
+import threading
 
 from . import paths
 
@@ -17,3 +18,13 @@ def use_project_compile_cache() -> None:
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(paths.project_root() / paths.COMPILE_CACHE_DIR)
+
+
+def release_compile_workers() -> None:
+    """torch.compile starts a pool of compile worker processes (one per core, up to 32) that Python
+    shuts down at exit, which takes a second or more. A training stage calls this once its step is
+    compiled: the pool shuts down in the background while training goes on (a later compile would
+    start a new one)."""
+    from torch._inductor.async_compile import shutdown_compile_workers
+
+    threading.Thread(target=shutdown_compile_workers, name="compile-workers-shutdown").start()

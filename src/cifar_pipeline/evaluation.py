@@ -8,7 +8,7 @@ import torch
 from . import atomic, metrics, paths, roc
 from .augment import to_unit_float
 from .config import Params
-from .data import load_arrays, md5sum
+from .data import load_arrays, md5sum_in_background
 from .errors import DataError
 from .run_metadata import dataset
 from .runtime import Settings, explain_oom, predict
@@ -33,6 +33,7 @@ def evaluate(params: Params, name: str) -> dict:
     settings = Settings.resolve(params.runtime)
     paths.check_writable(paths.eval_dir(name))
     model = load_trained(name).to(settings.device)  # broken inputs fail before the store is touched
+    data_md5 = md5sum_in_background(paths.DATA)
     data = load_arrays(paths.DATA)
     tracker = Tracker(params.mlflow)
     if settings.channels_last:
@@ -47,7 +48,7 @@ def evaluate(params: Params, name: str) -> dict:
     )
     roc.write_csv(curves, out / "roc.csv")
     roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
-    test_set = dataset(params, data, md5sum(paths.DATA))
+    test_set = dataset(params, data, data_md5())
     tracker.log_model_metrics({f"test/{k}": v for k, v in result.items() if k != "per_class"}, test_set)
     tracker.log_metrics(
         {

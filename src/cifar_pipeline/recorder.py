@@ -64,15 +64,20 @@ class Recorder:
     def save(self, trainer: Trainer, progress: RunProgress) -> None:
         checkpoint.save(self.snapshot(trainer, progress), self.resume_file)
 
-    def epoch_done(self, trainer: Trainer, progress: RunProgress) -> None:
-        """Write the checkpoint, then log the epoch, in the background."""
-        snapshot, row = self.snapshot(trainer, progress), progress.history[-1]
+    def save_in_background(self, trainer: Trainer, progress: RunProgress, then: Callable[[], None]) -> None:
+        """Write the checkpoint of this moment, then call `then`, in the background."""
+        snapshot = self.snapshot(trainer, progress)
 
         def job() -> None:
             checkpoint.save(snapshot, self.resume_file)
-            self.log_epoch(row)
+            then()
 
         self.writer.submit(job)
+
+    def epoch_done(self, trainer: Trainer, progress: RunProgress) -> None:
+        """Write the checkpoint, then log the epoch, in the background."""
+        row = progress.history[-1]
+        self.save_in_background(trainer, progress, lambda: self.log_epoch(row))
 
     def log_epoch(self, row: dict) -> None:
         if row["epoch"] not in self.logged:

@@ -18,7 +18,15 @@ from .tracking import Tracker, retry_locked
 
 MODEL_NAME = "best_model"
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
-REQUIREMENTS = ("mlflow", "torch", "torchvision", "numpy", "pandas", "pydantic", "pyyaml")
+REQUIREMENTS = {  # pip package: the module it installs
+    "mlflow": "mlflow",
+    "torch": "torch",
+    "torchvision": "torchvision",
+    "numpy": "numpy",
+    "pandas": "pandas",
+    "pydantic": "pydantic",
+    "pyyaml": "yaml",
+}
 CHAMPION = "champion"
 SELECTION_METRIC = "summary/best_val_acc"  # the champion is chosen on validation accuracy, never on the test set
 
@@ -40,6 +48,16 @@ def signature(classes: list[str]):
     return ModelSignature(inputs=None, outputs=outputs)
 
 
+def skip_installed_packages_scan() -> None:
+    """MLflow checks a model's pip requirements against the installed versions, and first maps every
+    module of every installed package to it (1-3 s of file scans, once per process). Ours name their
+    modules (REQUIREMENTS): that map is all the check needs, and it still compares every version."""
+    from mlflow.utils import requirements_utils
+
+    if getattr(requirements_utils, "_MODULES_TO_PACKAGES", False) is None:  # not built yet in this process
+        requirements_utils._MODULES_TO_PACKAGES = {module: [p] for p, module in REQUIREMENTS.items()}
+
+
 def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray) -> str:
     """Log the pyfunc model into the tracker's run and experiment; returns its model id."""
     import mlflow.pyfunc
@@ -47,6 +65,7 @@ def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: n
 
     from .serving import MODEL_FILE_ARTIFACT
 
+    skip_installed_packages_scan()
     client, run_id = tracker.client, tracker.run_id
     params = retry_locked(lambda: client.get_run(run_id)).data.params
     model = retry_locked(

@@ -91,10 +91,11 @@ def build_from_file(path: Path) -> tuple[torch.nn.Module, list[str]]:
         raise ModelFileError(
             f"{path}: its saved {name} params are invalid ({exc.error_count()} errors); retrain it with this code"
         ) from None
-    model = build_model(name, cfg, pretrained=False)
-    try:
-        model.load_state_dict(saved["state_dict"])
-    except (RuntimeError, TypeError) as exc:
+    with torch.device("meta"):  # no weights initialised only to be replaced: the file's are assigned
+        model = build_model(name, cfg, pretrained=False)
+    try:  # in the default layout, as copying into freshly built weights would leave them
+        model.load_state_dict({k: v.contiguous() for k, v in saved["state_dict"].items()}, assign=True)
+    except (RuntimeError, TypeError, AttributeError) as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise ModelFileError(f"{path} says it holds a {name}, but its weights do not fit one ({first})") from None
     return model.eval(), list(saved["classes"])

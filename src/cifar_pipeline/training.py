@@ -10,7 +10,8 @@ import torch
 
 from . import checkpoint, paths
 from .config import Params, load_params
-from .data import load_arrays, md5sum
+from .data import load_arrays, md5sum_in_background
+from .environment import release_compile_workers
 from .errors import Diverged, Interrupted, ParamsError
 from .loader import DeviceData
 from .models import check_weights_path
@@ -43,11 +44,11 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
         check_weights_path(params.resnet18)
     check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
     # Broken data or too few training images fail before the tracking store is touched.
+    data_md5 = md5sum_in_background(paths.DATA)
     arrays = load_arrays(paths.DATA)
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)
-    data_md5 = md5sum(paths.DATA)
-    key = resume_key(params, name, settings.device, data_md5)
+    key = resume_key(params, name, settings.device, data_md5())
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
         return StageRun(
@@ -56,7 +57,7 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
             settings,
             tracker,
             data,
-            dataset(params, arrays, data_md5),
+            dataset(params, arrays, data_md5()),
             list(arrays.classes),
             resume_file,
             key,
@@ -95,8 +96,11 @@ class StageRun:
             if self.params.mlflow.system_metrics:
                 self.tracker.start_system_metrics(resume=resumed)
             with self.trainer.stop_on_signals():
-                for epoch in range(self.progress.epoch + 1, self.cfg.epochs + 1):
+                first = self.progress.epoch + 1
+                for epoch in range(first, self.cfg.epochs + 1):
                     self._epoch(epoch)
+                    if epoch == first and self.settings.compile:  # the step is compiled: no more compiling
+                        release_compile_workers()
                     if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
                         raise Interrupted(self.trainer.stop_signal)
                 self.recorder.wait()
@@ -157,8 +161,9 @@ class StageRun:
         self.progress = RunProgress(self.tracker.start(run_name(self.name), tags, logged), best_model)
         self.tracker.log_dataset(self.training_set, "training")
         self.tracker.log_metrics(effective_lrs(self.cfg))
-        self.recorder.save(self.trainer, self.progress)  # from here on a kill resumes this run
-        print(f"{self.stage}: started MLflow run {self.progress.run_id}", flush=True)
+        started = f"{self.stage}: started MLflow run {self.progress.run_id}"
+        # Written while the first epoch starts; printed once written: from then on a kill resumes this run.
+        self.recorder.save_in_background(self.trainer, self.progress, lambda: print(started, flush=True))
 
     def _epoch(self, epoch: int) -> None:
         with explain_oom(f"training {self.name}", f"{self.name}.batch_size", self.cfg.batch_size):
