@@ -4,6 +4,7 @@ its own git repo (what `dvc repro` and the stage CLIs run in). The helpers they 
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,10 @@ import torch
 from helpers.data import make_archive
 from helpers.processes import run
 from helpers.project import make_project
+
+# Stages started by the tests, or by what the tests start, run in their own processes: no prefork server
+# outlives a test. tests/test_prefork.py turns it on for its own processes.
+os.environ.setdefault("CIFAR_PREFORK", "0")
 
 
 def pytest_collection_modifyitems(config, items):
