@@ -6,20 +6,23 @@ a fresh git repo), with this interpreter's environment:
   (the project's own state/torch_compile; TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR point into
   the copy);
 - warm: `dvc repro -f` right after, in the same copy (compile cache, MLflow store and DVC cache filled).
+Before each run the copy's prefork server is stopped, so stages after the first run as forks of a server
+that run started (docs/speed.md), as in a user's later `dvc repro`.
 
 Per stage it reports the wall from `dvc repro`'s own "Running stage" lines and splits it, from the
 times its output lines arrive and from a `python` wrapper put first on PATH that records when each
-stage's process starts and ends, into: DVC before the process, the process's start-up (imports, CUDA
-init, data load, MLflow store, up to "started MLflow run" in a training stage), training (from
+stage's process starts and ends, into: DVC before the process, the process's start-up (imports or the
+wait for the prefork server, CUDA init, data load, MLflow store, up to "started MLflow run" in a training
+stage), training (from
 reports/train/<model>.json), writing outputs, publishing the model (log_model and registration, as the
 stage prints it), process exit, and DVC after the process (hashing outputs, caching them, dvc.lock).
 A probe then times, each in a fresh process: the interpreter's start, `import` of torch, torchvision,
 mlflow and matplotlib, CUDA's initialisation, opening the MLflow store, and loading and hashing the
-prepared data.
+prepared data (--no-probe skips it). --profile runs every stage in its own process under pyinstrument.
 
 Usage (from the project root, with the project's environment active):
     python benchmarks/pipeline.py [--archive data/cifar-10-python.tar.gz] [-S key=value ...]
-        [--out DIR] [--runs cold warm] [--record [--results benchmarks/results.json]]
+        [--out DIR] [--runs cold warm] [--no-probe] [--profile] [--record [--results benchmarks/results.json]]
 -S sets a params.yaml key in the copy before its first commit, as `dvc exp run -S` would, e.g.
     python benchmarks/pipeline.py -S data.md5=<md5 of your archive> -S resnet18.weights=none --record
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.util
 import json
 import os
 import re
@@ -405,6 +409,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.profile and args.record:
         parser.error("--profile inflates the walls: record an unprofiled run")
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:
+        parser.error("--profile needs pyinstrument: pip install pyinstrument")
     if args.runs[0] != "cold":
         parser.error("--runs must start with cold: the warm run reuses the cold run's caches")
     archive = args.archive or (ROOT / "data" / "cifar-10-python.tar.gz")
