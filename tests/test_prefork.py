@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cifar_pipeline import prefork
-from helpers.processes import run, stage_env, start_in_own_group, wait_for_line
+from helpers.processes import run, start_in_own_group, wait_for_line
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open") or sys.platform != "linux", reason="Linux only")
 
@@ -54,9 +55,7 @@ def served(tmp_path):
 
 
 def client(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", CLIENT, *args], cwd=cwd, env=stage_env(**ENV, **env), capture_output=True, text=True
-    )
+    return run([sys.executable, "-c", CLIENT, *args], cwd, check=False, **ENV, **env)
 
 
 def start_client(cwd: Path, *args: str) -> subprocess.Popen:
@@ -109,7 +108,7 @@ def test_the_child_runs_the_project_code_on_disk_not_the_servers(served, tmp_pat
     package = tmp_path / "pkg" / "cifar_pipeline"
     package.parent.mkdir()
     source = Path(prefork.__file__).parent
-    run(["cp", "-r", str(source), str(package)], tmp_path)
+    shutil.copytree(source, package)
     path = {"PYTHONPATH": f"{package.parent}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     client(served, "exit", "0", **path)  # this copy's server (another key: another PYTHONPATH) starts
     assert "version None" in client(served, "version", **path).stdout
