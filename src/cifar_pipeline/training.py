@@ -48,7 +48,8 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     arrays = load_arrays(paths.DATA)
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)
-    key = resume_key(params, name, settings.device, data_md5())
+    digest = data_md5()
+    key = resume_key(params, name, settings.device, digest)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
         return StageRun(
@@ -57,7 +58,7 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
             settings,
             tracker,
             data,
-            dataset(params, arrays, data_md5()),
+            dataset(params, arrays, digest),
             list(arrays.classes),
             resume_file,
             key,
