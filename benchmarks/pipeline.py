@@ -265,30 +265,28 @@ def split_stage(stage: str, begin: float, finish: float, inside: list, proc, rep
     return entry
 
 
+def run_probe(repo: Path, env: dict[str, str], *args: str):
+    """What PROBE prints last (JSON), run in a fresh process of this interpreter in the copy."""
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], cwd=repo, env=env, check=True, capture_output=True, text=True
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
 def probe(repo: Path, env: dict[str, str]) -> dict[str, float]:
     """Start-up costs, each measured in a fresh process of this interpreter in the copy."""
-
-    def timed(*args: str) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", PROBE, *args], cwd=repo, env=env, check=True, capture_output=True, text=True
-        ).stdout
-        return json.loads(out.splitlines()[-1])
-
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "pass"], check=True)
     costs = {"python_start": time.perf_counter() - start}
     for what in ("torch", "torchvision", "mlflow", "matplotlib", "cuda_init"):
-        costs[f"import_{what}" if what != "cuda_init" else what] = timed(what)
-    costs["mlflow_store_open"] = timed("mlflow_store", f"sqlite:///{repo / 'mlflow.db'}")
-    costs["data_load_and_md5"] = timed("data_load_and_md5", str(repo / "data" / "cifar10.npz"))
+        costs[f"import_{what}" if what != "cuda_init" else what] = run_probe(repo, env, what)
+    costs["mlflow_store_open"] = run_probe(repo, env, "mlflow_store", f"sqlite:///{repo / 'mlflow.db'}")
+    costs["data_load_and_md5"] = run_probe(repo, env, "data_load_and_md5", str(repo / "data" / "cifar10.npz"))
     return {k: round(v, 2) for k, v in costs.items()}
 
 
 def device_info(repo: Path, env: dict[str, str]) -> dict[str, str]:
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, "device"], cwd=repo, env=env, check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.splitlines()[-1])
+    return run_probe(repo, env, "device")
 
 
 def measure(
