@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from cifar_pipeline import atomic, prefork
-from cifar_pipeline.paths import STAGES
+from cifar_pipeline.paths import COMPILE_AHEAD_LOG, STAGES
 from cifar_pipeline.tracking import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,6 +300,9 @@ def measure(
     start = time.time()
     lines, end = run_repro(repo, env, force=name != "cold", log=out_dir / f"repro-{name}.log")
     stages = stage_breakdown(lines, end, read_processes(processes), repo)
+    compiled_ahead = repo / COMPILE_AHEAD_LOG  # what the background compiler did in this run (and before)
+    if compiled_ahead.exists():
+        shutil.copyfile(compiled_ahead, out_dir / f"compile-ahead-{name}.log")
     return {
         "wall": round(end - start, 2),
         "stages": {s: round_all(e) for s, e in stages.items()},

@@ -15,8 +15,9 @@ from helpers.processes import run
 from helpers.project import make_project
 
 # Stages started by the tests, or by what the tests start, run in their own processes: no prefork server
-# outlives a test. tests/test_prefork.py turns it on for its own processes.
+# or background compiler outlives a test. tests/test_prefork.py and test_compile_ahead.py start their own.
 os.environ.setdefault("CIFAR_PREFORK", "0")
+os.environ.setdefault("CIFAR_COMPILE_AHEAD", "0")
 
 
 def pytest_collection_modifyitems(config, items):

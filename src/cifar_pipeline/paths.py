@@ -14,6 +14,7 @@ REPORTS = Path("reports")
 METRICS = REPORTS / "metrics.json"  # the one file in dvc.yaml's `metrics:`: each model's test accuracy
 RESUME_DIR = Path("state/resume")  # under the project root, never a DVC output
 COMPILE_CACHE_DIR = Path("state/torch_compile")  # torch.compile's on-disk cache, shared by all runs
+COMPILE_AHEAD_LOG = Path("state/compile-ahead.log")  # what compile_ahead did, run after run
 GPU_LOCK_DIR = Path("state/gpu_locks")  # one lock per GPU index, held by the process using it
 
 DVC_EXPS_DIR = Path(".dvc") / "tmp" / "exps"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, paths
+from . import checkpoint, compile_cache, paths
 from .config import Params, load_params
 from .data import load_arrays, md5sum_in_background
 from .environment import release_compile_workers
@@ -96,12 +96,16 @@ class StageRun:
                 self._start()
             if self.params.mlflow.system_metrics:
                 self.tracker.start_system_metrics(resume=resumed)
+            step_key = self.settings.compile and compile_cache.step_key(self.params, self.name, self.settings)
+            if step_key:  # then it compiles from the cache
+                compile_cache.wait_for(step_key, self.stage)
             with self.trainer.stop_on_signals():
                 first = self.progress.epoch + 1
                 for epoch in range(first, self.cfg.epochs + 1):
                     self._epoch(epoch)
-                    if epoch == first and self.settings.compile:  # the step is compiled: no more compiling
+                    if epoch == first and step_key:  # the step is compiled: no more compiling
                         release_compile_workers()
+                        compile_cache.mark_compiled(step_key)
                     if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
                         raise Interrupted(self.trainer.stop_signal)
                 self.recorder.wait()

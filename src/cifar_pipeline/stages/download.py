@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from .. import cli, paths
+from .. import cli, compile_cache, paths
 from ..data import Cifar10, fetch_archive, first_n, read_archive, save_arrays
 from ..paths import project_root
 
 
 def main() -> None:
-    cfg = cli.parse_args(__doc__, per_model=False)[0].data
+    params, _, params_file = cli.parse_stage_args(__doc__, per_model=False)
+    cfg = params.data
 
     # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
     archive = fetch_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
+    compile_cache.start_compiling_ahead(params, params_file)  # the training steps, while the pipeline runs
     full = read_archive(archive)
     data = Cifar10(
         *first_n(full.train_x, full.train_y, cfg.train_limit),
