@@ -18,7 +18,8 @@ reports/train/<model>.json), writing outputs, publishing the model (log_model an
 stage prints it), process exit, and DVC after the process (hashing outputs, caching them, dvc.lock).
 A probe then times, each in a fresh process: the interpreter's start, `import` of torch, torchvision,
 mlflow and matplotlib, CUDA's initialisation, opening the MLflow store, and loading and hashing the
-prepared data (--no-probe skips it). --profile runs every stage in its own process under pyinstrument.
+prepared data (--no-probe skips it). --profile runs every stage in its own process: the prefork server's
+imports, then the stage under pyinstrument, so a profile shows what a forked stage spends.
 
 Usage (from the project root, with the project's environment active):
     python benchmarks/pipeline.py [--archive data/cifar-10-python.tar.gz] [-S key=value ...]
@@ -85,11 +86,27 @@ elif what == "device":
     raise SystemExit
 print(json.dumps(time.perf_counter() - t))
 """
+PROFILER = """# Run `-m module args` as a prefork child runs it (the server's imports done), under pyinstrument.
+import runpy, sys
+from pyinstrument import Profiler
+from cifar_pipeline import prefork
+for name in (*prefork.PRELOAD, *prefork.PRELOAD_LATER):
+    __import__(name)
+out, flag, module, *args = sys.argv[1:]
+assert flag == "-m", sys.argv
+sys.argv = [module, *args]
+profiler = Profiler(interval=0.002)
+profiler.start()
+try:
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+finally:
+    profiler.stop().save(out)
+"""
 WRAPPER = """#!/bin/sh
 printf 'start %s %s\\n' "$(date +%s.%N)" "$*" >> "$PIPELINE_BENCH_PROCESSES"
 if [ -n "$PIPELINE_BENCH_PROFILE" ]; then
-  "{python}" -m pyinstrument -i 0.002 -r pyisession \\
-    -o "$PIPELINE_BENCH_PROFILE/$(date +%s.%N)-$(echo "$*" | tr -c 'A-Za-z0-9.\\n' _).pyisession" "$@"
+  "{python}" "$PIPELINE_BENCH_PROFILER" \\
+    "$PIPELINE_BENCH_PROFILE/$(date +%s.%N)-$(echo "$*" | tr -c 'A-Za-z0-9.\\n' _).pyisession" "$@"
 else
   "{python}" "$@"
 fi
@@ -155,6 +172,7 @@ def stage_env(work: Path, repo: Path, processes: Path) -> dict[str, str]:
     wrapper = shim / "python"
     wrapper.write_text(WRAPPER.format(python=sys.executable))
     wrapper.chmod(0o755)
+    (shim / "profile_stage.py").write_text(PROFILER)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING_URI"))}
     env.update(
         PATH=os.pathsep.join([str(shim), str(Path(sys.executable).parent), env.get("PATH", "")]),
@@ -163,6 +181,7 @@ def stage_env(work: Path, repo: Path, processes: Path) -> dict[str, str]:
         DVC_NO_ANALYTICS="1",
         MLFLOW_DISABLE_TELEMETRY="true",
         PIPELINE_BENCH_PROCESSES=str(processes),
+        PIPELINE_BENCH_PROFILER=str(shim / "profile_stage.py"),
         TORCHINDUCTOR_CACHE_DIR=str(repo / "state" / "torch_compile"),
         TRITON_CACHE_DIR=str(repo / "state" / "triton"),
     )
@@ -293,7 +312,7 @@ def measure(
     repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path, profile: bool, with_probe: bool
 ) -> dict:
     processes.write_text("")
-    if profile:  # the stages' own processes, not forks of the prefork server
+    if profile:  # each stage in its own process, profiled from where a fork of the prefork server starts
         (out_dir / f"profiles-{name}").mkdir(exist_ok=True)
         env = {**env, "PIPELINE_BENCH_PROFILE": str(out_dir / f"profiles-{name}"), "CIFAR_PREFORK": "0"}
     prefork.stop(repo)  # each run starts as a user's later `dvc repro` would: no server left from a minute ago

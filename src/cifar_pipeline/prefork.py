@@ -31,20 +31,19 @@ from pathlib import Path
 
 from .paths import project_root
 
-PRELOAD = (
+PRELOAD = (  # before the server takes a stage: what the first training stage, waiting for it, needs
     "numpy",
     "yaml",
     "pydantic",
     "torch",
     "torch._dynamo",  # what torch.optim's first optimizer imports: 3-6 s
-    "torchvision",
     "pandas",
     "mlflow",
     "mlflow.pyfunc",
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
-    "matplotlib.pyplot",
 )
+PRELOAD_LATER = ("torchvision", "matplotlib.pyplot")  # one at a time, while no stage is waiting
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
@@ -229,21 +228,18 @@ def _start_server(base: Path, root: Path) -> None:
 def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     """Preload, listen, fork a child per request; return when idle or asked to stop."""
     before = dict(os.environ)
+    start = time.monotonic()
     try:
         for name in PRELOAD:
-            if importlib.util.find_spec(name.split(".")[0]) is not None:
-                __import__(name)
+            _preload(name, before)
         problem = _fork_problem()
     except Exception as exc:
         problem = f"preloading failed: {exc!r}"
     if problem:  # the stages of this set-up run in their own processes from now on
         base.with_suffix(".refused").write_text(problem + "\n")
         raise SystemExit(f"prefork: not serving: {problem}")
-    _set_by_imports.update({k: v for k, v in os.environ.items() if before.get(k) != v})
-    import gc
-
-    gc.collect()
-    gc.freeze()  # children share the imported modules' pages instead of copying them
+    print(f"ready after {time.monotonic() - start:.1f}s of imports", flush=True)
+    later = list(PRELOAD_LATER)
     sock_path = base.with_suffix(".sock")
     sock_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -256,7 +252,13 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     try:
         while children or (listening and time.monotonic() - idle_since < idle_seconds()):
             timeout = None if children else max(idle_seconds() - (time.monotonic() - idle_since), 0)
+            if later:
+                timeout = 0  # only look: import the next module unless a stage is waiting
             ready, _, _ = select.select([*children, *([listener] if listening else [])], [], [], timeout)
+            if not ready and later:
+                with contextlib.suppress(Exception):  # a child that needs it imports it and sees the error
+                    _preload(later.pop(0), before)
+                continue
             for fd in ready:
                 if fd is not listener:
                     _report_exit(fd, *children.pop(fd))
@@ -283,6 +285,18 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
         if listening:
             sock_path.unlink(missing_ok=True)
         listener.close()
+
+
+def _preload(name: str, env_before: dict[str, str]) -> None:
+    """Import a module of an installed package, for every child forked after."""
+    if importlib.util.find_spec(name.split(".")[0]) is None:
+        return
+    import gc
+
+    __import__(name)
+    _set_by_imports.update({k: v for k, v in os.environ.items() if env_before.get(k) != v})
+    gc.collect()
+    gc.freeze()  # children share the imported modules' pages instead of copying them
 
 
 def _fork_problem() -> str | None:
