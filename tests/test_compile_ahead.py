@@ -4,7 +4,6 @@ compiles."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -13,7 +12,7 @@ import torch
 import yaml
 
 from cifar_pipeline import compile_cache
-from cifar_pipeline.config import load_params
+from cifar_pipeline.config import MODELS, load_params
 from helpers.processes import start_in_own_group, wait_for_line
 from helpers.project import ROOT
 
@@ -94,6 +93,19 @@ def test_a_compiled_step_is_not_waited_for(tmp_path):
         holder.wait()
 
 
+def test_only_models_never_compiled_are_compiled_ahead(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    assert compile_cache.never_compiled(PARAMS) == list(MODELS)
+    marks = compile_cache.marks_dir()
+    (marks / f"cnn-{compile_cache.graph_digest(PARAMS, 'cnn')}-0badc0de").write_text("")  # another GPU's
+    (marks / f"resnet34-{compile_cache.graph_digest(PARAMS, 'cnn')}-0badc0de").write_text("")  # not its graph
+    assert compile_cache.never_compiled(PARAMS) == ["resnet34", "resnet18"]
+    wider = PARAMS.model_copy(update={"cnn": PARAMS.cnn.model_copy(update={"width": 2.0})})
+    assert compile_cache.never_compiled(wider) == list(MODELS)  # another graph
+    longer = PARAMS.model_copy(update={"cnn": PARAMS.cnn.model_copy(update={"epochs": 99})})
+    assert compile_cache.never_compiled(longer) == ["resnet34", "resnet18"]  # the same graph
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_the_stage_compiles_nothing_the_compiler_did_not(tmp_path, monkeypatch):
@@ -111,18 +123,19 @@ def test_the_stage_compiles_nothing_the_compiler_did_not(tmp_path, monkeypatch):
     params_file.write_text(yaml.safe_dump(params.model_dump(mode="json")))
     cache = tmp_path / "cache"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    done = subprocess.run(
-        [sys.executable, "-m", "cifar_pipeline.compile_ahead", "--params", str(params_file)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "CIFAR_COMPILE_AHEAD": "1"},
-        timeout=600,
-    )
-    assert done.returncode == 0 and done.stdout.count(" compiled ") == 3, done.stdout + done.stderr
-
+    assert compile_cache.never_compiled(params) == list(MODELS)
     settings = Settings.resolve(params.runtime)
-    for name in ("cnn", "resnet34", "resnet18"):
-        assert compile_cache.is_compiled(compile_cache.step_key(params, name, settings))
+    for name in MODELS:
+        done = subprocess.run(
+            [sys.executable, "-m", "cifar_pipeline.compile_ahead", str(params_file), name],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0 and " compiled " in done.stdout, done.stdout + done.stderr
+    assert compile_cache.never_compiled(params) == []
+    for name in MODELS:
+        assert compile_cache.is_compiled(compile_cache.step_key(params, name, settings.device))
         torch._dynamo.reset()
         counters.clear()
         trainer = build_trainer(params, name, settings, device_data(64, 8))

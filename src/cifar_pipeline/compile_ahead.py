@@ -1,5 +1,6 @@
-"""The background program that fills the compile cache with the pipeline's train steps (started by
-`download` through compile_cache.start_compiling_ahead; see there)."""
+"""`python -m cifar_pipeline.compile_ahead PARAMS MODEL`: compile MODEL's train step into the compile
+cache, in the background (started by `download` through compile_cache.start_compiling_ahead; see
+there)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import os
 import time
 from pathlib import Path
 
-from . import paths
 from .compile_cache import is_compiled, mark_compiled, marks_dir, step_key
 from .config import MODELS, Params, load_params
 
@@ -40,8 +40,10 @@ def compile_step(params: Params, name: str, settings) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", type=Path, default=paths.PARAMS)
-    params = load_params(parser.parse_args().params)
+    parser.add_argument("params", type=Path)
+    parser.add_argument("model", choices=MODELS)
+    args = parser.parse_args()
+    params, name = load_params(args.params), args.model
     os.nice(10)  # the pipeline's own work first
 
     import torch
@@ -49,36 +51,26 @@ def main() -> None:
     from .runtime import Settings
 
     settings = Settings.resolve(params.runtime.model_copy(update={"device": "cuda:0"}))  # claims no GPU lock
-    held = []  # the steps this process compiles, locked until each is done
-    for name in MODELS:
-        key = step_key(params, name, settings)
-        lock = open(marks_dir() / f"{key}.lock", "a+b")  # noqa: SIM115 (held while compiling)
+    key = step_key(params, name, settings.device)
+    with open(marks_dir() / f"{key}.lock", "a+b") as lock:  # held while compiling: the stage waits for it
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # another run's compiler has it
-            lock.close()
-            continue
+        except BlockingIOError:
+            return  # another run's compiler has it
         if is_compiled(key):
-            lock.close()
-        else:
-            held.append((name, key, lock))
-    if not held:
-        print(f"{time.strftime('%H:%M:%S')} every step is compiled already", flush=True)
-        return
-    free, _ = torch.cuda.mem_get_info(settings.device)
-    if free < MIN_FREE_GPU_BYTES:
-        print(f"{time.strftime('%H:%M:%S')} {free / 2**30:.1f} GiB free on the GPU: the stages compile", flush=True)
-        return
-    for name, key, lock in held:
+            return
+        free, _ = torch.cuda.mem_get_info(settings.device)
+        if free < MIN_FREE_GPU_BYTES:
+            print(f"{time.strftime('%H:%M:%S')} {free / 2**30:.1f} GiB free on the GPU: {name}'s stage compiles")
+            return
         start = time.perf_counter()
         try:
             compile_step(params, name, settings)
-            mark_compiled(key)
-            print(f"{time.strftime('%H:%M:%S')} compiled {key} in {time.perf_counter() - start:.1f}s", flush=True)
-        except Exception as exc:  # the stage compiles it then, as it would have without this
-            print(f"{time.strftime('%H:%M:%S')} compiling {key} failed: {exc!r}", flush=True)
-        finally:
-            lock.close()
+        except Exception as exc:  # its stage compiles it then, as without this
+            print(f"{time.strftime('%H:%M:%S')} compiling {key} failed: {exc!r}")
+            return
+        mark_compiled(key)
+        print(f"{time.strftime('%H:%M:%S')} compiled {key} in {time.perf_counter() - start:.1f}s")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Which train steps the compile cache holds, and starting compile_ahead to fill it in the background.
 
 Compiling the three train steps takes about a minute on a new machine, one model after another inside
-the training stages. `download` (the first stage of a full run) starts
-`python -m cifar_pipeline.compile_ahead` instead, which compiles each step the cache does not hold yet
-on made-up data, while the pipeline goes on, and marks it done. A training stage whose step is still
-being compiled there waits for it, then loads the step from the cache. Nothing here changes a result:
-the stages compile exactly as before, only from a filled cache.
+the training stages. `download` (the first stage of a full run) instead starts
+`python -m cifar_pipeline.compile_ahead` for each model whose step the cache does not hold; each
+compiles its step on made-up data while the pipeline goes on, and marks it done. A training stage
+whose step is still being compiled there waits for it, then loads the step from the cache. Nothing
+here changes a result: the stages compile exactly as before, only from a filled cache.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from . import atomic, paths
-from .config import Params
+from .config import MODELS, Params
 
 MARKS = "cifar_pipeline_steps"  # in the compile cache: goes when the cache is deleted
 WAIT_SECONDS = 600.0
@@ -41,20 +41,28 @@ def wanted(params: Params) -> bool:
 
 
 def start_compiling_ahead(params: Params, params_file: Path) -> None:
-    """Start the compiler in its own session, so it outlives this stage and DVC does not wait for it."""
-    if not wanted(params):
+    """Start a compiler for each model whose step this cache never held, each in its own session (it
+    outlives this stage, and DVC does not wait for it). Costs no torch import here."""
+    missing = never_compiled(params) if wanted(params) else []
+    if not missing:
         return
     log_file = paths.project_root() / paths.COMPILE_AHEAD_LOG
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        subprocess.Popen(
-            [sys.executable, "-m", f"{__package__}.compile_ahead", "--params", str(Path(params_file).resolve())],
-            cwd=paths.project_root(),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,
-        )
+        for name in missing:  # side by side: the first stage waits only for its own model
+            subprocess.Popen(
+                [sys.executable, "-m", f"{__package__}.compile_ahead", str(Path(params_file).resolve()), name],
+                cwd=paths.project_root(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+
+
+def never_compiled(params: Params) -> list[str]:
+    """The models whose step this cache never held, under any torch version or GPU."""
+    return [name for name in MODELS if not any(marks_dir().glob(f"{name}-{graph_digest(params, name)}-*"))]
 
 
 def marks_dir() -> Path:
@@ -66,22 +74,20 @@ def marks_dir() -> Path:
     return folder
 
 
-def step_key(params: Params, name: str, settings) -> str:
-    """Names one compiled train step: the model's graph, the settings it runs under, torch and the GPU."""
+def graph_digest(params: Params, name: str) -> str:
+    """What the model's compiled step depends on among the params (on a CUDA device)."""
+    runtime = params.runtime
+    cfg = params.model(name).model_dump(mode="json", exclude=set(NOT_IN_GRAPH))
+    identity = [name, cfg, runtime.bf16, runtime.channels_last, runtime.cuda_graphs]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def step_key(params: Params, name: str, device) -> str:
+    """Names one compiled train step: its graph, torch's version and the GPU's model."""
     import torch
 
-    cfg = params.model(name).model_dump(mode="json", exclude=set(NOT_IN_GRAPH))
-    identity = [
-        name,
-        cfg,
-        settings.bf16,
-        settings.channels_last,
-        settings.cuda_graphs,
-        torch.__version__,
-        torch.cuda.get_device_name(settings.device),
-    ]
-    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{name}-{digest}"
+    machine = json.dumps([torch.__version__, torch.cuda.get_device_name(device)])
+    return f"{name}-{graph_digest(params, name)}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}"
 
 
 def is_compiled(key: str) -> bool:

@@ -13,11 +13,13 @@ def use_project_compile_cache() -> None:
     """Keep torch.compile's cache at the project root, so reruns, `dvc exp run --temp` copies and queued
     experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins, unless it is
     torch's own /tmp default, which torch itself puts into that variable on import."""
-    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is None or os.path.abspath(current) == os.path.abspath(default_cache_dir()):
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(paths.project_root() / paths.COMPILE_CACHE_DIR)
+    if current is not None:  # (torch is imported only then: `download` asks with no torch loaded)
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        if os.path.abspath(current) != os.path.abspath(default_cache_dir()):
+            return
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(paths.project_root() / paths.COMPILE_CACHE_DIR)
 
 
 def release_compile_workers() -> None:

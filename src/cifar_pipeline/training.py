@@ -96,7 +96,7 @@ class StageRun:
                 self._start()
             if self.params.mlflow.system_metrics:
                 self.tracker.start_system_metrics(resume=resumed)
-            step_key = self.settings.compile and compile_cache.step_key(self.params, self.name, self.settings)
+            step_key = self.settings.compile and compile_cache.step_key(self.params, self.name, self.settings.device)
             if step_key:  # then it compiles from the cache
                 compile_cache.wait_for(step_key, self.stage)
             with self.trainer.stop_on_signals():
