@@ -1,4 +1,4 @@
-"""`python -m cifar_pipeline.compile_ahead PARAMS MODEL`: compile MODEL's train step into the compile
+"""`python -m cifar_pipeline.compile_ahead PARAMS MODEL [NICE]`: compile MODEL's train step into the compile
 cache, in the background (started by `download` through compile_cache.start_compiling_ahead; see
 there)."""
 
@@ -42,9 +42,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("params", type=Path)
     parser.add_argument("model", choices=MODELS)
+    parser.add_argument("nice", type=int, nargs="?", default=10, help="the pipeline's own work goes first")
     args = parser.parse_args()
     params, name = load_params(args.params), args.model
-    os.nice(10)  # the pipeline's own work first
+    os.nice(args.nice)
 
     import torch
 

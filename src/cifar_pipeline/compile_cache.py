@@ -49,9 +49,11 @@ def start_compiling_ahead(params: Params, params_file: Path) -> None:
     log_file = paths.project_root() / paths.COMPILE_AHEAD_LOG
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as log:
-        for name in missing:  # side by side: the first stage waits only for its own model
+        for index, name in enumerate(missing):  # side by side; the CPU goes first to the model trained
+            nice = 10 if index == 0 else 19  # first, the only one whose stage is likely to wait
+            module = f"{__package__}.compile_ahead"
             subprocess.Popen(
-                [sys.executable, "-m", f"{__package__}.compile_ahead", str(Path(params_file).resolve()), name],
+                [sys.executable, "-m", module, str(Path(params_file).resolve()), name, str(nice)],
                 cwd=paths.project_root(),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

@@ -4,7 +4,9 @@ explicitly where it is needed (never at import)."""
 from __future__ import annotations
 
 import os
+import tempfile
 import threading
+from pathlib import Path
 
 from . import paths
 
@@ -14,12 +16,13 @@ def use_project_compile_cache() -> None:
     experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins, unless it is
     torch's own /tmp default, which torch itself puts into that variable on import."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if current is not None:  # (torch is imported only then: `download` asks with no torch loaded)
-        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-
-        if os.path.abspath(current) != os.path.abspath(default_cache_dir()):
-            return
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(paths.project_root() / paths.COMPILE_CACHE_DIR)
+    torch_default = (
+        current
+        and Path(current).name.startswith("torchinductor_")
+        and (Path(current).parent.resolve() == Path(tempfile.gettempdir()).resolve())
+    )  # tempdir/torchinductor_<user>, told apart without importing torch (`download` asks too)
+    if current is None or torch_default:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(paths.project_root() / paths.COMPILE_CACHE_DIR)
 
 
 def release_compile_workers() -> None:
