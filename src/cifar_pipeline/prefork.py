@@ -43,8 +43,9 @@ PRELOAD = (  # before the server takes a stage: what the first training stage, w
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
 )
-# One at a time, while no stage is waiting: what torch.compile() imports (3 s), ResNets, plots.
-PRELOAD_LATER = ("torch._inductor.compile_fx", "torchvision", "matplotlib.pyplot")
+# One at a time, while no stage is waiting (not torch._inductor.compile_fx: importing it initialises CUDA,
+# which a fork can't use again).
+PRELOAD_LATER = ("torchvision", "matplotlib.pyplot")
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
