@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -49,10 +51,12 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert not compile_cache.wanted(PARAMS)
 
 
-def test_a_stage_waits_while_its_step_is_being_compiled(tmp_path):
+@pytest.fixture
+def compiling(tmp_path) -> Iterator[tuple[Path, subprocess.Popen]]:
+    """A compile cache in which another process holds the lock of step cnn-0123, as a compiler does;
+    closing its stdin releases it."""
     cache = tmp_path / "cache"
     (cache / compile_cache.MARKS).mkdir(parents=True)
-    env = {"TORCHINDUCTOR_CACHE_DIR": str(cache)}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(cache / compile_cache.MARKS / "cnn-0123.lock")],
         stdin=subprocess.PIPE,
@@ -61,36 +65,29 @@ def test_a_stage_waits_while_its_step_is_being_compiled(tmp_path):
     )
     try:
         assert holder.stdout.readline() == "holding\n"
-        stage = start_in_own_group([sys.executable, "-c", WAIT], tmp_path, **env)
-        seen = wait_for_line(stage, "waiting for the background compile")
-        assert "train_cnn: waiting for the background compile of this step" in seen[-1]
-        assert stage.poll() is None  # still waiting while the lock is held
-        holder.stdin.close()  # the compiler is done
-        out = stage.communicate(timeout=60)[0]
-        assert stage.returncode == 0 and out == "returned\n", out
+        yield cache, holder
     finally:
         holder.kill()
         holder.wait()
 
 
-def test_a_compiled_step_is_not_waited_for(tmp_path):
-    cache = tmp_path / "cache"
-    (cache / compile_cache.MARKS).mkdir(parents=True)
+def test_a_stage_waits_while_its_step_is_being_compiled(tmp_path, compiling):
+    cache, holder = compiling
+    stage = start_in_own_group([sys.executable, "-c", WAIT], tmp_path, TORCHINDUCTOR_CACHE_DIR=str(cache))
+    seen = wait_for_line(stage, "waiting for the background compile")
+    assert "train_cnn: waiting for the background compile of this step" in seen[-1]
+    assert stage.poll() is None  # still waiting while the lock is held
+    holder.stdin.close()  # the compiler is done
+    out = stage.communicate(timeout=60)[0]
+    assert stage.returncode == 0 and out == "returned\n", out
+
+
+def test_a_compiled_step_is_not_waited_for(tmp_path, compiling):
+    cache, _ = compiling
     (cache / compile_cache.MARKS / "cnn-0123").write_text("done\n")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(cache / compile_cache.MARKS / "cnn-0123.lock")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline() == "holding\n"
-        stage = start_in_own_group([sys.executable, "-c", WAIT], tmp_path, TORCHINDUCTOR_CACHE_DIR=str(cache))
-        out = stage.communicate(timeout=60)[0]
-        assert stage.returncode == 0 and out == "returned\n", out
-    finally:
-        holder.kill()
-        holder.wait()
+    stage = start_in_own_group([sys.executable, "-c", WAIT], tmp_path, TORCHINDUCTOR_CACHE_DIR=str(cache))
+    out = stage.communicate(timeout=60)[0]
+    assert stage.returncode == 0 and out == "returned\n", out
 
 
 def test_only_models_never_compiled_are_compiled_ahead(tmp_path, monkeypatch):
