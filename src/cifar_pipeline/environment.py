@@ -16,13 +16,13 @@ def use_project_compile_cache() -> None:
     experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins, unless it is
     torch's own /tmp default, which torch itself puts into that variable on import."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    torch_default = (
-        current
-        and Path(current).name.startswith("torchinductor_")
-        and (Path(current).parent.resolve() == Path(tempfile.gettempdir()).resolve())
-    )  # tempdir/torchinductor_<user>, told apart without importing torch (`download` asks too)
-    if current is None or torch_default:
+    if current is None or _is_torch_default(Path(current)):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(paths.project_root() / paths.COMPILE_CACHE_DIR)
+
+
+def _is_torch_default(folder: Path) -> bool:
+    """<tempdir>/torchinductor_<user>, told apart without importing torch (`download` asks too)."""
+    return folder.name.startswith("torchinductor_") and folder.parent.resolve() == Path(tempfile.gettempdir()).resolve()
 
 
 def release_compile_workers() -> None:

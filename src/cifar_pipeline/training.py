@@ -96,8 +96,9 @@ class StageRun:
                 self._start()
             if self.params.mlflow.system_metrics:
                 self.tracker.start_system_metrics(resume=resumed)
-            step_key = self.settings.compile and compile_cache.step_key(self.params, self.name, self.settings.device)
-            if step_key:  # then it compiles from the cache
+            step_key = None
+            if self.settings.compile:  # a background compiler may be compiling this step: wait, then load it
+                step_key = compile_cache.step_key(self.params, self.name, self.settings.device)
                 compile_cache.wait_for(step_key, self.stage)
             with self.trainer.stop_on_signals():
                 first = self.progress.epoch + 1
