@@ -43,8 +43,8 @@ PRELOAD = (  # before the server takes a stage: what the first training stage, w
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
 )
-# One at a time, while no stage is waiting (not torch._inductor.compile_fx: importing it initialises CUDA,
-# which a fork can't use again).
+# One at a time, while no stage is waiting, each followed by the fork check (not torch._inductor.compile_fx:
+# importing it initialises CUDA, which a fork can't use again).
 PRELOAD_LATER = ("torchvision", "matplotlib.pyplot")
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
@@ -258,8 +258,14 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
                 timeout = 0  # only look: import the next module unless a stage is waiting
             ready, _, _ = select.select([*children, *([listener] if listening else [])], [], [], timeout)
             if not ready and later:
+                name = later.pop(0)
                 with contextlib.suppress(Exception):  # a child that needs it imports it and sees the error
-                    _preload(later.pop(0), before)
+                    _preload(name, before)
+                problem = _fork_problem()
+                if problem:  # the import broke CUDA in forks: finish the running stages, take no more
+                    base.with_suffix(".refused").write_text(f"after importing {name}: {problem}\n")
+                    listening, later = False, []
+                    sock_path.unlink(missing_ok=True)
                 continue
             for fd in ready:
                 if fd is not listener:
