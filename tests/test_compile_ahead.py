@@ -94,8 +94,9 @@ def test_only_models_never_compiled_are_compiled_ahead(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     assert compile_cache.never_compiled(PARAMS) == list(MODELS)
     marks = compile_cache.marks_dir()
-    (marks / f"cnn-{compile_cache.graph_digest(PARAMS, 'cnn')}-0badc0de").write_text("")  # another GPU's
-    (marks / f"resnet34-{compile_cache.graph_digest(PARAMS, 'cnn')}-0badc0de").write_text("")  # not its graph
+    cnn_graph = compile_cache.step_prefix(PARAMS, "cnn")
+    (marks / f"{cnn_graph}-0badc0de").write_text("")  # another GPU's
+    (marks / f"resnet34-{cnn_graph.removeprefix('cnn-')}-0badc0de").write_text("")  # not its graph
     assert compile_cache.never_compiled(PARAMS) == ["resnet34", "resnet18"]
     wider = PARAMS.model_copy(update={"cnn": PARAMS.cnn.model_copy(update={"width": 2.0})})
     assert compile_cache.never_compiled(wider) == list(MODELS)  # another graph

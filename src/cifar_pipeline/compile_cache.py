@@ -33,8 +33,7 @@ def wanted(params: Params) -> bool:
     runtime = params.runtime
     return (
         os.environ.get("CIFAR_COMPILE_AHEAD", "1") != "0"
-        and runtime.compile
-        and not runtime.deterministic
+        and runtime.compiles
         and runtime.device not in ("cpu", "mps")
         and any(Path(p).exists() for p in ("/dev/nvidiactl", "/proc/driver/nvidia/version"))
     )
@@ -64,7 +63,8 @@ def start_compiling_ahead(params: Params, params_file: Path) -> None:
 
 def never_compiled(params: Params) -> list[str]:
     """The models whose step this cache never held, under any torch version or GPU."""
-    return [name for name in MODELS if not any(marks_dir().glob(f"{name}-{graph_digest(params, name)}-*"))]
+    marks = marks_dir()
+    return [name for name in MODELS if not any(marks.glob(f"{step_prefix(params, name)}-*"))]
 
 
 def marks_dir() -> Path:
@@ -76,12 +76,12 @@ def marks_dir() -> Path:
     return folder
 
 
-def graph_digest(params: Params, name: str) -> str:
-    """What the model's compiled step depends on among the params (on a CUDA device)."""
+def step_prefix(params: Params, name: str) -> str:
+    """The model and a digest of what its compiled step depends on among the params (on a CUDA device)."""
     runtime = params.runtime
     cfg = params.model(name).model_dump(mode="json", exclude=set(NOT_IN_GRAPH))
     identity = [name, cfg, runtime.bf16, runtime.channels_last, runtime.cuda_graphs]
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{name}-{hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]}"
 
 
 def step_key(params: Params, name: str, device) -> str:
@@ -89,7 +89,7 @@ def step_key(params: Params, name: str, device) -> str:
     import torch
 
     machine = json.dumps([torch.__version__, torch.cuda.get_device_name(device)])
-    return f"{name}-{graph_digest(params, name)}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}"
+    return f"{step_prefix(params, name)}-{hashlib.sha256(machine.encode()).hexdigest()[:8]}"
 
 
 def is_compiled(key: str) -> bool:

@@ -62,6 +62,12 @@ class RuntimeParams(Strict):
     eval_batch_size: PositiveInt = 1024
     progress: bool = True
 
+    @property
+    def compiles(self) -> bool:
+        """Whether the train step is compiled on a CUDA device: deterministic runs never compile (compiled
+        kernels are chosen by timing when first compiled, so they can differ between caches)."""
+        return self.compile and not self.deterministic
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:

@@ -96,8 +96,7 @@ class Settings:
         device = pick_device(runtime.device)
         configure_backends(runtime.deterministic, runtime.cudnn_benchmark)
         cuda = device.type == "cuda"
-        # Compiled kernels are chosen by timing when first compiled, so they can differ between caches.
-        compile = runtime.compile and cuda and not runtime.deterministic
+        compile = runtime.compiles and cuda
         return cls(
             device,
             runtime.bf16 and cuda,
