@@ -17,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 
 from cifar_pipeline import prefork
-from helpers.processes import run, start_in_own_group, wait_for_line
+from helpers.processes import run, start_in_own_group, wait_for_line, wait_until
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open") or sys.platform != "linux", reason="Linux only")
 
@@ -31,6 +31,8 @@ if sys.argv[1] == "wait":
     signal.signal(signal.SIGINT, lambda *_: sys.exit(42))
     print("waiting", flush=True)
     signal.pause()
+if sys.argv[1] == "modules":
+    print("modules", "torchvision" in sys.modules, "matplotlib.pyplot" in sys.modules, flush=True)
 if sys.argv[1] == "version":
     from cifar_pipeline import paths
     print("version", getattr(paths, "PROBE_VERSION", None), flush=True)
@@ -116,6 +118,48 @@ def test_the_child_runs_the_project_code_on_disk_not_the_servers(served, tmp_pat
         f.write("\nPROBE_VERSION = 2\n")
     after = client(served, "version", **path)
     assert "child" in after.stdout and "version 2" in after.stdout, after.stdout
+
+
+def test_the_next_stage_finds_the_standby_warmed_up(served):
+    running = start_client(served, "wait")  # the standby that comes after it imports WARM_UP meanwhile
+    try:
+        taken = int(child_line("".join(wait_for_line(running, "^child")))[2])
+        standby = warmed_standby(served, running, taken)
+        result = client(served, "modules")
+        assert int(child_line(result.stdout)[2]) == standby
+        assert "modules True True" in result.stdout, result.stdout  # torchvision and matplotlib.pyplot
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+
+
+def test_a_dead_standby_is_replaced_by_a_fresh_fork(served):
+    running = start_client(served, "wait")
+    try:
+        taken = int(child_line("".join(wait_for_line(running, "^child")))[2])
+        standby = warmed_standby(served, running, taken)
+        os.kill(standby, signal.SIGKILL)
+        assert wait_gone(standby)
+        result = client(served, "exit", "5")
+        assert result.returncode == 5, result.stdout + result.stderr
+        marker, pid = child_line(result.stdout)[1:3]
+        assert marker == "1" and int(pid) != standby  # run in a fork, not here
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.wait()
+
+
+def warmed_standby(folder: Path, alive: subprocess.Popen, taken: int) -> int:
+    """The pid of the server's standby (not `taken`, the one running a stage) once it has imported all of
+    WARM_UP, from the server's log."""
+    log = next(p for p in prefork.socket_dir().glob("*.log") if f"starting a server for {folder}\n" in p.read_text())
+    warm = r"^standby (\d+): imported (?:torch\._inductor\.compile_fx, )?torchvision, matplotlib\.pyplot in"
+
+    def pids() -> list[int]:
+        return [int(pid) for pid in re.findall(warm, log.read_text(), re.M) if int(pid) != taken]
+
+    wait_until(pids, alive, "the standby", log, timeout=120)
+    return pids()[-1]
 
 
 def test_stop_ends_the_server_and_the_next_stage_runs_here(served):

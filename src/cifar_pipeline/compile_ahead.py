@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .compile_cache import is_compiled, mark_compiled, marks_dir, step_key
 from .config import MODELS, Params, load_params
+from .environment import paused_gc
 
 MIN_FREE_GPU_BYTES = 16 << 30  # leave smaller GPUs to the stages themselves
 
@@ -47,9 +48,10 @@ def main() -> None:
     params, name = load_params(args.params), args.model
     os.nice(args.nice)
 
-    import torch
+    with paused_gc():
+        import torch
 
-    from .runtime import Settings
+        from .runtime import Settings
 
     settings = Settings.resolve(params.runtime.model_copy(update={"device": "cuda:0"}))  # claims no GPU lock
     key = step_key(params, name, settings.device)

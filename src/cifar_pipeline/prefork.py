@@ -1,20 +1,23 @@
-"""Prefork: stages run as forks of a process that imported torch, MLflow and matplotlib once.
+"""Prefork: stages run as forks of a process that imported torch and MLflow once.
 
 A fresh interpreter pays 10-15 s of imports before a stage does any work (torch, torch._dynamo, MLflow
-and its store, matplotlib; docs/speed.md). The first stage of a `dvc repro` starts a server in the
-background and runs as usual; the stages after it send their arguments, environment, working directory
-and stdin/stdout/stderr to the server, which forks a child to run them. The stage's own process stays
-the one DVC started: it forwards signals to the child and exits with the child's status, and the child
-dies with it (a kill -9 of the stage kills the child too). The server imports no project code, so every
-child runs the code on disk; it serves one project, interpreter and environment (a different one starts
-its own) and exits when idle for CIFAR_PREFORK_IDLE_SECONDS (default 60). Linux only; CIFAR_PREFORK=0
-turns it off.
+and its store, torch.compile's inductor, torchvision, matplotlib; docs/speed.md). The first stage of a
+`dvc repro` starts a server in the background and runs as usual; the stages after it send their
+arguments, environment, working directory and stdin/stdout/stderr to the server. The server keeps one
+fork of itself on standby, which imports what only some stages need (WARM_UP, among them modules that
+initialise CUDA, which the server itself must never do) while the stages before it run; the next stage
+becomes that fork, and a new standby starts. The stage's own process stays the one DVC started: it
+forwards signals to the child and exits with the child's status, and the child dies with it (a kill -9
+of the stage kills the child too). The server imports no project code, so every child runs the code on
+disk; it serves one project, interpreter and environment (a different one starts its own) and exits
+when idle for CIFAR_PREFORK_IDLE_SECONDS (default 60). Linux only; CIFAR_PREFORK=0 turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import hashlib
 import importlib.util
 import json
@@ -29,6 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from .environment import paused_gc
 from .paths import project_root
 
 PRELOAD = (  # before the server takes a stage: what the first training stage, waiting for it, needs
@@ -43,13 +47,14 @@ PRELOAD = (  # before the server takes a stage: what the first training stage, w
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
 )
-# One at a time, while no stage is waiting, each followed by the fork check (not torch._inductor.compile_fx:
-# importing it initialises CUDA, which a fork can't use again).
-PRELOAD_LATER = ("torchvision", "matplotlib.pyplot")
+# Imported by the standby fork while no stage waits for it: what torch.compile() imports first (3 s; on a
+# GPU only, and it initialises CUDA, which a fork of the server could not use again), ResNets, plots.
+WARM_UP = ("torch._inductor.compile_fx", "torchvision", "matplotlib.pyplot")
+GPU_ONLY = ("torch._inductor.compile_fx",)  # stages compile only on a GPU
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
-_set_by_imports: dict[str, str] = {}  # environment variables the preloaded libraries set in the server
+_set_by_imports: dict[str, str] = {}  # environment variables the imports set in the server and the standby
 SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)  # forwarded to the child
 
 
@@ -228,12 +233,10 @@ def _start_server(base: Path, root: Path) -> None:
 
 
 def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
-    """Preload, listen, fork a child per request; return when idle or asked to stop."""
-    before = dict(os.environ)
+    """Preload, listen, hand each request to the standby fork; return when idle or asked to stop."""
     start = time.monotonic()
     try:
-        for name in PRELOAD:
-            _preload(name, before)
+        _preload(PRELOAD)
         problem = _fork_problem()
     except Exception as exc:
         problem = f"preloading failed: {exc!r}"
@@ -241,7 +244,6 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
         base.with_suffix(".refused").write_text(problem + "\n")
         raise SystemExit(f"prefork: not serving: {problem}")
     print(f"ready after {time.monotonic() - start:.1f}s of imports", flush=True)
-    later = list(PRELOAD_LATER)
     sock_path = base.with_suffix(".sock")
     sock_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -249,24 +251,17 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     listener.listen(16)
     os.close(starting_fd)  # ready: waiting clients connect now
     children: dict[int, tuple[int, socket.socket]] = {}  # pidfd -> (pid, the stage process's connection)
+
+    def server_fds() -> list[int]:  # what a fork closes
+        return [listener.fileno(), *children, *(c.fileno() for _, c in children.values()), *inherited]
+
+    standby = Standby(server_fds())
     idle_since = time.monotonic()
     listening = True
     try:
         while children or (listening and time.monotonic() - idle_since < idle_seconds()):
             timeout = None if children else max(idle_seconds() - (time.monotonic() - idle_since), 0)
-            if later:
-                timeout = 0  # only look: import the next module unless a stage is waiting
             ready, _, _ = select.select([*children, *([listener] if listening else [])], [], [], timeout)
-            if not ready and later:
-                name = later.pop(0)
-                with contextlib.suppress(Exception):  # a child that needs it imports it and sees the error
-                    _preload(name, before)
-                problem = _fork_problem()
-                if problem:  # the import broke CUDA in forks: finish the running stages, take no more
-                    base.with_suffix(".refused").write_text(f"after importing {name}: {problem}\n")
-                    listening, later = False, []
-                    sock_path.unlink(missing_ok=True)
-                continue
             for fd in ready:
                 if fd is not listener:
                     _report_exit(fd, *children.pop(fd))
@@ -281,30 +276,102 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
                 if request.get("stop") == os.getcwd():  # finish the running children, take no more
                     listening = False
                     sock_path.unlink(missing_ok=True)
+                    standby.close()
                     with contextlib.suppress(OSError):
                         _send(conn, {"stopping": True})
-                open_fds = [listener.fileno(), *children, *(c.fileno() for _, c in children.values()), *inherited]
-                pid = _fork_child(request, fds, conn, open_fds)
-                if pid is None:
+                if len(fds) != 3 or "module" not in request:
+                    for fd in fds:
+                        os.close(fd)
                     conn.close()
-                else:
-                    children[os.pidfd_open(pid)] = (pid, conn)
+                    continue
+                pid = standby.take(request, fds, conn)
+                if pid is None:  # it died: fork one now
+                    standby.close()
+                    pid = _fork_child(request, fds, conn, server_fds())
+                children[os.pidfd_open(pid)] = (pid, conn)
+                standby = Standby(server_fds())
     finally:
+        standby.close()
         if listening:
             sock_path.unlink(missing_ok=True)
         listener.close()
 
 
-def _preload(name: str, env_before: dict[str, str]) -> None:
-    """Import a module of an installed package, for every child forked after."""
-    if importlib.util.find_spec(name.split(".")[0]) is None:
-        return
-    import gc
-
-    __import__(name)
-    _set_by_imports.update({k: v for k, v in os.environ.items() if env_before.get(k) != v})
+def _preload(names: tuple[str, ...] | list[str]) -> None:
+    """Import modules of installed packages for every child forked after, the garbage collector paused."""
+    before = dict(os.environ)
+    with paused_gc():
+        for name in names:
+            if importlib.util.find_spec(name.split(".")[0]) is not None:
+                __import__(name)
+    _set_by_imports.update({k: v for k, v in os.environ.items() if before.get(k) != v})
     gc.collect()
     gc.freeze()  # children share the imported modules' pages instead of copying them
+
+
+class Standby:
+    """A fork of the server that imports WARM_UP while no stage waits for it, then becomes the next stage's
+    process. Dies with the server (its end of the pair closes)."""
+
+    def __init__(self, server_fds: list[int]):
+        ours, theirs = socket.socketpair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.pid = os.fork()
+        if self.pid == 0:
+            ours.close()
+            for fd in server_fds:
+                os.close(fd)
+            _stand_by(theirs)
+        theirs.close()
+        self.sock: socket.socket | None = ours
+
+    def take(self, request: dict, fds: list[int], conn: socket.socket) -> int | None:
+        """Hand the stage to the standby and return its pid, the stage's child from now on; None if the
+        standby has died."""
+        if self.sock is None or os.waitpid(self.pid, os.WNOHANG)[0]:
+            return None
+        try:
+            _send(self.sock, request, [*fds, conn.fileno()])
+        except OSError:
+            return None
+        self.sock.close()
+        self.sock = None
+        _announce(self.pid, request, fds, conn)
+        return self.pid
+
+    def close(self) -> None:
+        """End a standby that took no stage."""
+        if self.sock is None:
+            return
+        self.sock.close()
+        self.sock = None
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+
+
+def _stand_by(server: socket.socket) -> None:
+    """In the standby fork: import WARM_UP until a stage comes, then run it. Never returns."""
+    start, imported = time.monotonic(), []
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()  # fine here: this process never forks a stage
+        for name in WARM_UP:
+            if select.select([server], [], [], 0)[0]:  # a stage is waiting (or the server is gone)
+                break
+            if gpu or name not in GPU_ONLY:
+                with contextlib.suppress(Exception):  # a stage that needs it imports it and sees the error
+                    _preload([name])
+                imported.append(name)
+        took = f"{time.monotonic() - start:.1f}s"
+        print(f"standby {os.getpid()}: imported {', '.join(imported) or 'nothing'} in {took}", flush=True)
+        request, fds = _recv(server, with_fds=4)
+    except BaseException:  # the server is gone (or stopped us): nothing to run
+        os._exit(0)
+    server.close()
+    _run_child(request, fds[:3], socket.socket(fileno=fds[3]))
 
 
 def _fork_problem() -> str | None:
@@ -332,12 +399,8 @@ def _report_exit(pidfd: int, pid: int, conn: socket.socket) -> None:
     conn.close()
 
 
-def _fork_child(request: dict, fds: list[int], conn: socket.socket, server_fds: list[int]) -> int | None:
-    """The child's pid, sent to the stage's process; None for a malformed request."""
-    if len(fds) != 3 or "module" not in request:
-        for fd in fds:
-            os.close(fd)
-        return None
+def _fork_child(request: dict, fds: list[int], conn: socket.socket, server_fds: list[int]) -> int:
+    """A child forked now for the request; its pid."""
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -345,6 +408,12 @@ def _fork_child(request: dict, fds: list[int], conn: socket.socket, server_fds: 
         for fd in server_fds:
             os.close(fd)
         _run_child(request, fds, conn)
+    _announce(pid, request, fds, conn)
+    return pid
+
+
+def _announce(pid: int, request: dict, fds: list[int], conn: socket.socket) -> None:
+    """The child has the request: close the server's copies of the stage's streams, tell its process."""
     for fd in fds:
         os.close(fd)
     print(f"forked {pid}: {request['module']} {' '.join(request['argv'])} in {request['cwd']}", flush=True)
@@ -352,7 +421,6 @@ def _fork_child(request: dict, fds: list[int], conn: socket.socket, server_fds: 
         _send(conn, {"pid": pid})
     except OSError:
         os.kill(pid, signal.SIGKILL)
-    return pid
 
 
 def stop(root: Path) -> None:

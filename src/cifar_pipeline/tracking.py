@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from .config import MlflowParams, tracking_uri_problem
+from .environment import paused_gc
 from .errors import TrackingError
 from .paths import can_create_files_in, project_root
 
@@ -187,15 +188,16 @@ class Tracker:
     """Thin wrapper over MlflowClient for one run; every write retries on a locked SQLite store."""
 
     def __init__(self, cfg: MlflowParams):
-        import mlflow  # heavy import, kept off the CLI's validation path
+        with paused_gc():  # MLflow and its store load here: a heavy import, kept off the CLI's validation path
+            import mlflow
 
-        self.uri = resolve_tracking_uri(cfg)
-        check_reachable(self.uri)
-        self.mlflow = mlflow
-        mlflow.set_tracking_uri(self.uri)
-        with store_lock(self.uri):
-            self.client = mlflow.MlflowClient(self.uri)
-            self.experiment_id = retry_locked(lambda: self._experiment(cfg.experiment))
+            self.uri = resolve_tracking_uri(cfg)
+            check_reachable(self.uri)
+            self.mlflow = mlflow
+            mlflow.set_tracking_uri(self.uri)
+            with store_lock(self.uri):
+                self.client = mlflow.MlflowClient(self.uri)
+                self.experiment_id = retry_locked(lambda: self._experiment(cfg.experiment))
         self.run_id: str | None = None
         self.experiment_name = cfg.experiment
         self.monitor = None

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from .. import cli, paths
+from ..environment import paused_gc
 from ..tracking import Tracker, base_tags
 
 
 def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
-    from ..comparison import build_table, write
-    from ..registry import crown_champions
-    from ..run_metadata import link_model_runs, run_name
+    with paused_gc():
+        from ..comparison import build_table, write
+        from ..registry import crown_champions
+        from ..run_metadata import link_model_runs, run_name
 
     paths.check_writable(paths.REPORTS)
     tracker = Tracker(params.mlflow)  # before writing: a broken store leaves no reports behind

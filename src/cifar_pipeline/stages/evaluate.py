@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from .. import cli
+from ..environment import paused_gc
 
 
 def main() -> None:
     params, model = cli.parse_args(__doc__, per_model=True)
 
-    from ..evaluation import evaluate
+    with paused_gc():
+        from ..evaluation import evaluate
 
     result = evaluate(params, model)
     print(f"evaluate {model}: test accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from .. import cli, paths
+from ..environment import paused_gc
 
 
 def main() -> None:
     params, model, params_file = cli.parse_stage_args(__doc__, per_model=True)
 
-    from ..training import train  # torch and mlflow load only once the params are known to be valid
+    with paused_gc():  # torch loads only once the params are known to be valid
+        from ..training import train
 
     summary = train(params, model, params_file)
     print(
