@@ -16,6 +16,7 @@ when idle for CIFAR_PREFORK_IDLE_SECONDS (default 60). Linux only; CIFAR_PREFORK
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import gc
 import hashlib
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from .environment import paused_gc
@@ -47,10 +49,13 @@ PRELOAD = (  # before the server takes a stage: what the first training stage, w
     "mlflow.store.tracking.sqlalchemy_store",
     "mlflow.store.model_registry.sqlalchemy_store",
 )
-# Imported by the standby fork while no stage waits for it: what torch.compile() imports first (3 s; on a
-# GPU only, and it initialises CUDA, which a fork of the server could not use again), ResNets, plots.
-WARM_UP = ("torch._inductor.compile_fx", "torchvision", "matplotlib.pyplot")
-GPU_ONLY = ("torch._inductor.compile_fx",)  # stages compile only on a GPU
+# What torch.compile() imports first (4-6 s); stages compile only on a GPU. Its import asks
+# torch.cuda.is_available(), whose default check leaves the server's forks unable to use CUDA: the server
+# imports it only where that check can go through NVML instead (torch's PYTORCH_NVML_BASED_CUDA_CHECK).
+INDUCTOR = "torch._inductor.compile_fx"
+# Imported by the standby fork while no stage waits for it: ResNets, plots (and inductor where the server
+# could not import it).
+WARM_UP = (INDUCTOR, "torchvision", "matplotlib.pyplot")
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
@@ -236,7 +241,7 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     """Preload, listen, hand each request to the standby fork; return when idle or asked to stop."""
     start = time.monotonic()
     try:
-        _preload(PRELOAD)
+        _preload([*PRELOAD, *([INDUCTOR] if _nvml_works() else [])])
         problem = _fork_problem()
     except Exception as exc:
         problem = f"preloading failed: {exc!r}"
@@ -300,13 +305,35 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
 def _preload(names: tuple[str, ...] | list[str]) -> None:
     """Import modules of installed packages for every child forked after, the garbage collector paused."""
     before = dict(os.environ)
-    with paused_gc():
+    with paused_gc(), _cuda_checks_through_nvml():
         for name in names:
             if importlib.util.find_spec(name.split(".")[0]) is not None:
                 __import__(name)
     _set_by_imports.update({k: v for k, v in os.environ.items() if before.get(k) != v})
     gc.collect()
     gc.freeze()  # children share the imported modules' pages instead of copying them
+
+
+def _nvml_works() -> bool:
+    """Whether NVIDIA's management library loads and starts: a GPU machine whose CUDA checks can go through it."""
+    try:
+        return ctypes.CDLL("libnvidia-ml.so.1").nvmlInit_v2() == 0
+    except (OSError, AttributeError):
+        return False
+
+
+@contextlib.contextmanager
+def _cuda_checks_through_nvml() -> Iterator[None]:
+    """torch.cuda.is_available() asks NVML instead of the CUDA driver, which a fork could not use again."""
+    before = os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK")
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+        else:
+            os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = before
 
 
 class Standby:
@@ -361,7 +388,7 @@ def _stand_by(server: socket.socket) -> None:
         for name in WARM_UP:
             if select.select([server], [], [], 0)[0]:  # a stage is waiting (or the server is gone)
                 break
-            if gpu or name not in GPU_ONLY:
+            if gpu or name != INDUCTOR:
                 with contextlib.suppress(Exception):  # a stage that needs it imports it and sees the error
                     _preload([name])
                 imported.append(name)

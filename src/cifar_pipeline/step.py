@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .environment import paused_gc
 from .runtime import Settings, synchronize
 
 GRAPH_WARMUP_STEPS = 3
@@ -36,7 +37,8 @@ class TrainStep:
         self.correct = torch.zeros((), dtype=torch.long, device=settings.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.batch_size = batch_size
-        self.full_forward = torch.compile(self._forward, dynamic=False) if settings.compile else self._forward
+        with paused_gc():  # the first torch.compile() imports inductor
+            self.full_forward = torch.compile(self._forward, dynamic=False) if settings.compile else self._forward
         self.first_step_seconds: float | None = None  # warm-up, compile and capture of the first full step
 
     def reset(self, loss_sum: float = 0.0, correct: int = 0) -> None:
@@ -74,10 +76,11 @@ class TrainStep:
             self._step(x, y, self._forward)
         elif self.first_step_seconds is None:
             start = time.perf_counter()
-            if self.settings.cuda_graphs:
-                self._capture(x, y)
-            self.full_step(x, y)
-            synchronize(self.settings.device)
+            with paused_gc():  # tracing and compiling make millions of short-lived objects
+                if self.settings.cuda_graphs:
+                    self._capture(x, y)
+                self.full_step(x, y)
+                synchronize(self.settings.device)
             self.first_step_seconds = time.perf_counter() - start
         else:
             self.full_step(x, y)
