@@ -388,7 +388,7 @@ def _stand_by(server: socket.socket) -> None:
         for name in WARM_UP:
             if select.select([server], [], [], 0)[0]:  # a stage is waiting (or the server is gone)
                 break
-            if gpu or name != INDUCTOR:
+            if name not in sys.modules and (gpu or name != INDUCTOR):
                 with contextlib.suppress(Exception):  # a stage that needs it imports it and sees the error
                     _preload([name])
                 imported.append(name)
