@@ -53,9 +53,11 @@ PRELOAD = (  # before the server takes a stage: what the first training stage, w
 # torch.cuda.is_available(), whose default check leaves the server's forks unable to use CUDA: the server
 # imports it only where that check can go through NVML instead (torch's PYTORCH_NVML_BASED_CUDA_CHECK).
 INDUCTOR = "torch._inductor.compile_fx"
-# Imported by the standby fork while no stage waits for it: ResNets, plots (and inductor where the server
-# could not import it).
-WARM_UP = (INDUCTOR, "torchvision", "matplotlib.pyplot")
+# ResNets and plots: the server imports them once it serves, one at a time while no stage waits, each
+# followed by the fork check; the standby fork imports those its server had not yet, and inductor where
+# the server could not.
+PRELOAD_LATER = ("torchvision", "matplotlib.pyplot")
+WARM_UP = (INDUCTOR, *PRELOAD_LATER)
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
@@ -262,11 +264,24 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
 
     standby = Standby(server_fds())
     idle_since = time.monotonic()
-    listening = True
+    listening, later = True, list(PRELOAD_LATER)
     try:
         while children or (listening and time.monotonic() - idle_since < idle_seconds()):
             timeout = None if children else max(idle_seconds() - (time.monotonic() - idle_since), 0)
+            if later and listening:
+                timeout = 0  # only look: import the next module unless a stage is waiting
             ready, _, _ = select.select([*children, *([listener] if listening else [])], [], [], timeout)
+            if not ready and later and listening:
+                name = later.pop(0)
+                with contextlib.suppress(Exception):  # a child that needs it imports it and sees the error
+                    _preload([name])
+                problem = _fork_problem()
+                if problem:  # the import broke CUDA in forks: finish the running stages, take no more
+                    base.with_suffix(".refused").write_text(f"after importing {name}: {problem}\n")
+                    listening, later = False, []
+                    sock_path.unlink(missing_ok=True)
+                    standby.close()
+                continue
             for fd in ready:
                 if fd is not listener:
                     _report_exit(fd, *children.pop(fd))
