@@ -120,8 +120,8 @@ def test_the_child_runs_the_project_code_on_disk_not_the_servers(served, tmp_pat
     assert "child" in after.stdout and "version 2" in after.stdout, after.stdout
 
 
-def test_the_next_stage_finds_the_standby_warmed_up(served):
-    running = start_client(served, "wait")  # the standby that comes after it imports WARM_UP meanwhile
+def test_the_next_stage_runs_in_the_standby_with_the_later_imports_done(served):
+    running = start_client(served, "wait")  # meanwhile the server imports PRELOAD_LATER and forks a standby
     try:
         taken = int(child_line("".join(wait_for_line(running, "^child")))[2])
         standby = warmed_standby(served, running, taken)
@@ -150,13 +150,13 @@ def test_a_dead_standby_is_replaced_by_a_fresh_fork(served):
 
 
 def warmed_standby(folder: Path, alive: subprocess.Popen, taken: int) -> int:
-    """The pid of the server's standby (not `taken`, the one running a stage) once it is warm: it logs what
-    it imported (what the server had not) when done."""
+    """The pid of the server's standby (not `taken`, the one running a stage) forked after the server's
+    later imports, once it is ready (from the server's log)."""
     log = next(p for p in prefork.socket_dir().glob("*.log") if f"starting a server for {folder}\n" in p.read_text())
-    warm = r"^standby (\d+): imported .* in [\d.]+s$"
 
     def pids() -> list[int]:
-        return [int(pid) for pid in re.findall(warm, log.read_text(), re.M) if int(pid) != taken]
+        after_imports = log.read_text().partition("matplotlib.pyplot too after")[2]
+        return [int(pid) for pid in re.findall(r"^standby (\d+): ready", after_imports, re.M) if int(pid) != taken]
 
     wait_until(pids, alive, "the standby", log, timeout=120)
     return pids()[-1]

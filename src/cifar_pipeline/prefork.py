@@ -1,16 +1,18 @@
-"""Prefork: stages run as forks of a process that imported torch and MLflow once.
+"""Prefork: stages run as forks of a process that imported torch, MLflow and inductor once.
 
-A fresh interpreter pays 10-15 s of imports before a stage does any work (torch, torch._dynamo, MLflow
+A fresh interpreter pays 10-20 s of imports before a stage does any work (torch, torch._dynamo, MLflow
 and its store, torch.compile's inductor, torchvision, matplotlib; docs/speed.md). The first stage of a
 `dvc repro` starts a server in the background and runs as usual; the stages after it send their
-arguments, environment, working directory and stdin/stdout/stderr to the server. The server keeps one
-fork of itself on standby, which imports what only some stages need (WARM_UP, among them modules that
-initialise CUDA, which the server itself must never do) while the stages before it run; the next stage
-becomes that fork, and a new standby starts. The stage's own process stays the one DVC started: it
-forwards signals to the child and exits with the child's status, and the child dies with it (a kill -9
-of the stage kills the child too). The server imports no project code, so every child runs the code on
-disk; it serves one project, interpreter and environment (a different one starts its own) and exits
-when idle for CIFAR_PREFORK_IDLE_SECONDS (default 60). Linux only; CIFAR_PREFORK=0 turns it off.
+arguments, environment, working directory and stdin/stdout/stderr to the server. The server imports
+PRELOAD (and inductor where it can without initialising CUDA, which its forks could not use again), then
+PRELOAD_LATER while no stage waits. It keeps one fork of itself on standby, which gets ready (CUDA's
+driver initialised) while the stage before it runs; the next stage becomes that fork, and a new standby
+starts.
+The stage's own process stays the one DVC started: it forwards signals to the child and exits with the
+child's status, and the child dies with it (a kill -9 of the stage kills the child too). The server
+imports no project code, so every child runs the code on disk; it serves one project, interpreter and
+environment (a different one starts its own) and exits when idle for CIFAR_PREFORK_IDLE_SECONDS (default
+60). Linux only; CIFAR_PREFORK=0 turns it off.
 """
 
 from __future__ import annotations
@@ -53,11 +55,9 @@ PRELOAD = (  # before the server takes a stage: what the first training stage, w
 # torch.cuda.is_available(), whose default check leaves the server's forks unable to use CUDA: the server
 # imports it only where that check can go through NVML instead (torch's PYTORCH_NVML_BASED_CUDA_CHECK).
 INDUCTOR = "torch._inductor.compile_fx"
-# ResNets and plots: the server imports them once it serves, one at a time while no stage waits, each
-# followed by the fork check; the standby fork imports those its server had not yet, and inductor where
-# the server could not.
+# ResNets and plots, which the first training stage does not need: the server imports them once it serves,
+# one at a time while no stage waits, each followed by the fork check and a fresh standby.
 PRELOAD_LATER = ("torchvision", "matplotlib.pyplot")
-WARM_UP = (INDUCTOR, *PRELOAD_LATER)
 # Vary between the stages of one `dvc repro` without changing how the libraries import.
 VOLATILE_ENV = ("_", "OLDPWD", "PWD", "SHLVL")
 CHILD_ENV = "CIFAR_PREFORK_CHILD"
@@ -276,11 +276,16 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
                 with contextlib.suppress(Exception):  # a child that needs it imports it and sees the error
                     _preload([name])
                 problem = _fork_problem()
+                standby.close()
                 if problem:  # the import broke CUDA in forks: finish the running stages, take no more
                     base.with_suffix(".refused").write_text(f"after importing {name}: {problem}\n")
                     listening, later = False, []
                     sock_path.unlink(missing_ok=True)
-                    standby.close()
+                else:  # a standby with it
+                    standby = Standby(server_fds())
+                    if not later:
+                        took = time.monotonic() - start
+                        print(f"imported {', '.join(PRELOAD_LATER)} too after {took:.1f}s", flush=True)
                 continue
             for fd in ready:
                 if fd is not listener:
@@ -352,8 +357,9 @@ def _cuda_checks_through_nvml() -> Iterator[None]:
 
 
 class Standby:
-    """A fork of the server that imports WARM_UP while no stage waits for it, then becomes the next stage's
-    process. Dies with the server (its end of the pair closes)."""
+    """A fork of the server that becomes the next stage's process, its imports done and, on a GPU, the
+    CUDA driver initialised (and inductor imported where the server could not) while the stage before
+    runs. Dies with the server (its end of the pair closes)."""
 
     def __init__(self, server_fds: list[int]):
         ours, theirs = socket.socketpair()
@@ -394,21 +400,15 @@ class Standby:
 
 
 def _stand_by(server: socket.socket) -> None:
-    """In the standby fork: import WARM_UP until a stage comes, then run it. Never returns."""
-    start, imported = time.monotonic(), []
+    """In the standby fork: get ready until a stage comes, then run it. Never returns."""
+    start = time.monotonic()
     try:
         import torch
 
-        gpu = torch.cuda.is_available()  # fine here: this process never forks a stage
-        for name in WARM_UP:
-            if select.select([server], [], [], 0)[0]:  # a stage is waiting (or the server is gone)
-                break
-            if name not in sys.modules and (gpu or name != INDUCTOR):
-                with contextlib.suppress(Exception):  # a stage that needs it imports it and sees the error
-                    _preload([name])
-                imported.append(name)
-        took = f"{time.monotonic() - start:.1f}s"
-        print(f"standby {os.getpid()}: imported {', '.join(imported) or 'nothing'} in {took}", flush=True)
+        if torch.cuda.is_available() and INDUCTOR not in sys.modules:  # fine here: this process never forks
+            with contextlib.suppress(Exception):  # a stage that needs it imports it and sees the error
+                _preload([INDUCTOR])
+        print(f"standby {os.getpid()}: ready after {time.monotonic() - start:.1f}s", flush=True)
         request, fds = _recv(server, with_fds=4)
     except BaseException:  # the server is gone (or stopped us): nothing to run
         os._exit(0)
