@@ -76,7 +76,7 @@ class TrainStep:
             self._step(x, y, self._forward)
         elif self.first_step_seconds is None:
             start = time.perf_counter()
-            with paused_gc():  # tracing and compiling make millions of short-lived objects
+            with paused_gc():  # tracing and compiling make many short-lived objects
                 if self.settings.cuda_graphs:
                     self._capture(x, y)
                 self.full_step(x, y)
