@@ -22,7 +22,7 @@ from helpers.processes import run, start_in_own_group, wait_for_line, wait_until
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open") or sys.platform != "linux", reason="Linux only")
 
 PROBE = """
-import os, signal, sys
+import os, signal, sys, time
 print("child", os.environ.get("CIFAR_PREFORK_CHILD"), os.getpid(), os.getcwd(), sys.argv[1:],
       "torch" in sys.modules, os.environ.get("PROBE_VALUE"), flush=True)
 if sys.argv[1] == "exit":
@@ -30,7 +30,8 @@ if sys.argv[1] == "exit":
 if sys.argv[1] == "wait":
     signal.signal(signal.SIGINT, lambda *_: sys.exit(42))
     print("waiting", flush=True)
-    signal.pause()
+    while True:  # not signal.pause(): a signal that lands on the child's other thread would not wake it
+        time.sleep(0.05)
 if sys.argv[1] == "modules":
     print("modules", "torchvision" in sys.modules, "matplotlib.pyplot" in sys.modules, flush=True)
 if sys.argv[1] == "version":
