@@ -80,9 +80,13 @@ elif what == "data_load_and_md5":
     from cifar_pipeline.data import load_arrays, md5sum
     t = time.perf_counter(); load_arrays(Path(sys.argv[2])); md5sum(Path(sys.argv[2]))
 elif what == "device":
-    import torch
+    import importlib.util, os, torch
     cuda = torch.cuda.is_available()
-    print(json.dumps({"gpu": torch.cuda.get_device_name(0) if cuda else "none (cpu)", "torch": torch.__version__}))
+    print(json.dumps({
+        "gpu": torch.cuda.get_device_name(0) if cuda else "none (cpu)",
+        "torch": torch.__version__,
+        "torch_bytecode_cached": os.path.exists(importlib.util.cache_from_source(torch.__file__)),
+    }))
     raise SystemExit
 print(json.dumps(time.perf_counter() - t))
 """
@@ -383,6 +387,7 @@ def record(result: dict, results: Path) -> None:
         },
         "pipeline_command": result["command"],
         "pipeline_torch": result["torch"],
+        "pipeline_torch_bytecode_cached": result["torch_bytecode_cached"],
     }
     current = json.loads(results.read_text()) if results.exists() else {}
     if current.get("commit") == result["commit"] and current.get("gpu") == result["gpu"]:
@@ -452,6 +457,13 @@ def main() -> None:
             "runs": {},
         }
         result.update(device_info(repo, env))
+        if not result["torch_bytecode_cached"]:
+            print(
+                "pipeline benchmark: warning: torch has no bytecode cache here, so every process compiles its "
+                "modules from source (seconds per stage); pip writes it at install, or run "
+                "`python -m compileall -q` over site-packages (PYTHONPYCACHEPREFIX if it is read-only)",
+                flush=True,
+            )
         for name in args.runs:  # written after each run, so a run cut short keeps the ones before it
             print(f"pipeline benchmark: {name} run in {repo}", flush=True)
             result["runs"][name] = measure(repo, env, name, out_dir, processes, args.profile, not args.no_probe)

@@ -128,6 +128,15 @@ def test_download_stage_fails_cleanly_on_corrupt_archive(project):
     assert sorted(p.name for p in (project / "data").iterdir()) == ["cifar-10-python.tar.gz"]
 
 
+def test_download_stage_names_the_md5_when_the_archive_is_both_wrong_and_unreadable(project):
+    archive = project / "data" / "cifar-10-python.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:1000])  # read on a thread while the md5 is checked
+    result = stage("download", cwd=project, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    assert f"has md5 {md5_of(archive)}" in result.stderr and "Delete the file" in result.stderr
+    assert sorted(p.name for p in (project / "data").iterdir()) == ["cifar-10-python.tar.gz"]
+
+
 def test_failed_rerun_keeps_previous_arrays(project):
     stage("download", cwd=project)
     npz = project / "data" / "cifar10.npz"

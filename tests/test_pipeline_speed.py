@@ -77,6 +77,7 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
         "commit": "abc",
         "date": "d1",
         "torch": "2.x",
+        "torch_bytecode_cached": False,
         "command": "c",
         "runs": {"cold": {"wall": 12.0, "stages": stages}, "warm": {"wall": 10.0, "stages": stages}},
     }
@@ -86,6 +87,7 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
     assert merged["pipeline_wall_seconds"] == {"cold": 12.0, "warm": 10.0}
     assert merged["pipeline_stage_wall_seconds"]["warm"] == {"download": 1.0, "train_cnn": 9.0}
     assert merged["pipeline_train_seconds"]["cold"] == {"train_cnn": 5.0}
+    assert merged["pipeline_torch_bytecode_cached"] is False
 
     pipeline.record({**result, "commit": "def"}, results)
     newer = json.loads(results.read_text())
@@ -152,4 +154,5 @@ def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path,
     assert set(recorded["pipeline_wall_seconds"]) == {"cold", "warm"}
     assert sorted(recorded["pipeline_stage_wall_seconds"]["warm"]) == sorted(expected)
     assert recorded["gpu"] == result["gpu"] and recorded["pipeline_torch"] == result["torch"]
+    assert recorded["pipeline_torch_bytecode_cached"] is True  # pip wrote it into the test's environment
     assert "| train_cnn |" in (out / "pipeline.md").read_text()

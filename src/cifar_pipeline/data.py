@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from isal import igzip, isal_zlib
@@ -26,6 +27,8 @@ TRAIN_MEMBERS = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_MEMBER = "test_batch"
 META_MEMBER = "batches.meta"
 IMAGE_SHAPE = (32, 32, 3)
+READ_BUFFER = 4 << 20  # bytes the tar stream inflates at a time (tarfile reads 10 KiB by default)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -47,17 +50,23 @@ def md5sum(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def md5sum_in_background(path: Path) -> Callable[[], str]:
-    """Start md5sum(path) on a thread (hashing releases the GIL, so other work goes on meanwhile);
-    call the returned function for the digest."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="md5")
-    future = pool.submit(md5sum, path)
-    pool.shutdown(wait=False)  # the thread ends when the hash is done
+def in_background(work: Callable[..., T], *args) -> Callable[[], T]:
+    """Start work(*args) on a thread (hashing and inflating release the GIL, so other work goes on
+    meanwhile); call the returned function for its result (or its exception)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix=work.__name__)
+    future = pool.submit(work, *args)
+    pool.shutdown(wait=False)  # the thread ends when the work is done
     return future.result
 
 
 def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
     """Return the verified archive at path, downloading it first if it is not there."""
+    verify_archive(ensure_archive(path, url, md5, timeout), md5)
+    return path
+
+
+def ensure_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
+    """The archive at path, downloaded from url first if it is not there (not verified yet)."""
     if path.exists() and not path.is_file():
         raise DataError(
             f"data.archive = {path} is a directory, not a file: point data.archive at cifar-10-python.tar.gz itself"
@@ -72,13 +81,16 @@ def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
                 f"Offline? Copy cifar-10-python.tar.gz (md5 {md5}) to {path.resolve()}, "
                 "or point data.archive in params.yaml at your copy."
             ) from None
+    return path
+
+
+def verify_archive(path: Path, md5: str) -> None:
     actual = md5sum(path)
     if actual != md5:
         raise DataError(
             f"{path} has md5 {actual}, but params.yaml expects data.md5 = {md5}.\n"
             "Delete the file to download it again, or set data.md5 to the md5 of the copy you trust."
         )
-    return path
 
 
 def _copy_stream(response, tmp: Path) -> None:
@@ -88,12 +100,11 @@ def _copy_stream(response, tmp: Path) -> None:
 
 def _unpickle(fh, name: str, archive: Path) -> dict:
     with fh:
-        try:
-            batch = pickle.load(fh, encoding="bytes")
-        except (EOFError, OSError, isal_zlib.error):  # the archive itself ends early or is corrupt
-            raise
-        except Exception as exc:  # any other unpickling failure means a broken member
-            raise DataError(f"{archive}: {BATCH_DIR}/{name} is not a readable pickle ({exc})") from None
+        raw = fh.read()  # in one piece: unpickling from the stream reads it in thousands of small pieces
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+    except Exception as exc:  # any unpickling failure means a broken member
+        raise DataError(f"{archive}: {BATCH_DIR}/{name} is not a readable pickle ({exc})") from None
     if not isinstance(batch, dict):
         raise DataError(f"{archive}: {BATCH_DIR}/{name} holds a {type(batch).__name__}, expected a dict")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
@@ -104,7 +115,7 @@ def _read_members(archive: Path) -> dict[str, dict]:
     archive again on every backward seek. ISA-L inflates it in half the time zlib takes."""
     wanted = {f"{BATCH_DIR}/{name}": name for name in (META_MEMBER, *TRAIN_MEMBERS, TEST_MEMBER)}
     found: dict[str, dict] = {}
-    with igzip.open(archive, "rb") as gz, tarfile.open(fileobj=gz, mode="r|") as tar:
+    with igzip.open(archive, "rb") as gz, tarfile.open(fileobj=gz, mode="r|", bufsize=READ_BUFFER) as tar:
         for member in tar:
             name = wanted.get(member.name)
             if name is None:
@@ -141,8 +152,9 @@ def read_archive(archive: Path) -> Cifar10:
             f"{archive} is not a readable cifar-10-python.tar.gz ({type(exc).__name__}: {exc}). "
             "Delete it and download it again."
         ) from None
-    parts = [_batch_arrays(batches[m], m, archive) for m in TRAIN_MEMBERS]
-    test_x, test_y = _batch_arrays(batches[TEST_MEMBER], TEST_MEMBER, archive)
+    names = [*TRAIN_MEMBERS, TEST_MEMBER]
+    with ThreadPoolExecutor(len(names)) as pool:  # side by side: numpy's transposing copies release the GIL
+        *parts, (test_x, test_y) = pool.map(lambda name: _batch_arrays(batches[name], name, archive), names)
     classes = [c.decode() if isinstance(c, bytes) else c for c in batches[META_MEMBER].get("label_names", [])]
     if len(classes) != 10:
         raise DataError(f"{archive}: batches.meta lists {len(classes)} class names, expected 10")

@@ -8,7 +8,7 @@ import torch
 from . import atomic, metrics, paths, roc
 from .augment import to_unit_float
 from .config import Params
-from .data import load_arrays, md5sum_in_background
+from .data import in_background, load_arrays, md5sum
 from .errors import DataError
 from .run_metadata import dataset
 from .runtime import Settings, explain_oom, predict
@@ -33,7 +33,7 @@ def evaluate(params: Params, name: str) -> dict:
     settings = Settings.resolve(params.runtime)
     paths.check_writable(paths.eval_dir(name))
     model = load_trained(name).to(settings.device)  # broken inputs fail before the store is touched
-    data_md5 = md5sum_in_background(paths.DATA)
+    data_md5 = in_background(md5sum, paths.DATA)
     data = load_arrays(paths.DATA)
     tracker = Tracker(params.mlflow)
     if settings.channels_last:

@@ -10,7 +10,7 @@ import torch
 
 from . import checkpoint, compile_cache, paths
 from .config import Params, load_params
-from .data import load_arrays, md5sum_in_background
+from .data import in_background, load_arrays, md5sum
 from .environment import release_compile_workers
 from .errors import Diverged, Interrupted, ParamsError
 from .loader import DeviceData
@@ -44,7 +44,7 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
         check_weights_path(params.resnet18)
     check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
     # Broken data or too few training images fail before the tracking store is touched.
-    data_md5 = md5sum_in_background(paths.DATA)
+    data_md5 = in_background(md5sum, paths.DATA)
     arrays = load_arrays(paths.DATA)
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = Tracker(params.mlflow)

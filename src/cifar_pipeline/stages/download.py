@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import cli, compile_cache, paths
-from ..data import Cifar10, fetch_archive, first_n, read_archive, save_arrays
+from ..data import Cifar10, ensure_archive, first_n, in_background, read_archive, save_arrays, verify_archive
 from ..paths import project_root
 
 
@@ -12,9 +12,11 @@ def main() -> None:
     cfg = params.data
 
     # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
-    archive = fetch_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
+    archive = ensure_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
+    reading = in_background(read_archive, archive)  # while the md5 is checked; nothing is written before
+    verify_archive(archive, cfg.md5)
     compile_cache.start_compiling_ahead(params, params_file)  # the training steps, while the pipeline runs
-    full = read_archive(archive)
+    full = reading()
     data = Cifar10(
         *first_n(full.train_x, full.train_y, cfg.train_limit),
         *first_n(full.test_x, full.test_y, cfg.test_limit),
