@@ -250,7 +250,7 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
     if problem:  # the stages of this set-up run in their own processes from now on
         base.with_suffix(".refused").write_text(problem + "\n")
         raise SystemExit(f"prefork: not serving: {problem}")
-    print(f"ready after {time.monotonic() - start:.1f}s of imports", flush=True)
+    _log(f"ready after {time.monotonic() - start:.1f}s of imports")
     sock_path = base.with_suffix(".sock")
     sock_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -281,11 +281,10 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
                     base.with_suffix(".refused").write_text(f"after importing {name}: {problem}\n")
                     listening, later = False, []
                     sock_path.unlink(missing_ok=True)
-                else:  # a standby with it
-                    standby = Standby(server_fds())
+                else:  # a standby with it; its own log line comes after this one
                     if not later:
-                        took = time.monotonic() - start
-                        print(f"imported {', '.join(PRELOAD_LATER)} too after {took:.1f}s", flush=True)
+                        _log(f"imported {', '.join(PRELOAD_LATER)} too after {time.monotonic() - start:.1f}s")
+                    standby = Standby(server_fds())
                 continue
             for fd in ready:
                 if fd is not listener:
@@ -320,6 +319,12 @@ def serve(base: Path, starting_fd: int, inherited: list[int]) -> None:
         if listening:
             sock_path.unlink(missing_ok=True)
         listener.close()
+
+
+def _log(line: str) -> None:
+    """One line of the server's log, in one write: the server and its forks share the file."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _preload(names: tuple[str, ...] | list[str]) -> None:
@@ -408,7 +413,7 @@ def _stand_by(server: socket.socket) -> None:
         if torch.cuda.is_available() and INDUCTOR not in sys.modules:  # fine here: this process never forks
             with contextlib.suppress(Exception):  # a stage that needs it imports it and sees the error
                 _preload([INDUCTOR])
-        print(f"standby {os.getpid()}: ready after {time.monotonic() - start:.1f}s", flush=True)
+        _log(f"standby {os.getpid()}: ready after {time.monotonic() - start:.1f}s")
         request, fds = _recv(server, with_fds=4)
     except BaseException:  # the server is gone (or stopped us): nothing to run
         os._exit(0)
@@ -426,7 +431,7 @@ def _fork_problem() -> str | None:
             if torch.cuda.is_available():
                 torch.ones(1, device="cuda").sum().item()
         except BaseException as exc:  # anything means: do not serve
-            print(f"{type(exc).__name__}: {exc}", flush=True)
+            _log(f"{type(exc).__name__}: {exc}")
             os._exit(1)
         os._exit(0)
     _, status = os.waitpid(pid, 0)
@@ -458,7 +463,7 @@ def _announce(pid: int, request: dict, fds: list[int], conn: socket.socket) -> N
     """The child has the request: close the server's copies of the stage's streams, tell its process."""
     for fd in fds:
         os.close(fd)
-    print(f"forked {pid}: {request['module']} {' '.join(request['argv'])} in {request['cwd']}", flush=True)
+    _log(f"forked {pid}: {request['module']} {' '.join(request['argv'])} in {request['cwd']}")
     try:
         _send(conn, {"pid": pid})
     except OSError:
