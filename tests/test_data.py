@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cifar_pipeline.data import fetch_archive, first_n, load_arrays, read_archive, split_indices
+from cifar_pipeline.data import ensure_archive, first_n, load_arrays, read_archive, split_indices, verify_archive
 from cifar_pipeline.errors import DataError
 from helpers.data import CLASSES, members, write_archive
 from helpers.processes import stage
@@ -48,15 +48,16 @@ def test_md5_mismatch(tmp_path, batches):
     path = write_archive(tmp_path / "c.tar.gz", batches)
     wrong = "0" * 32
     with pytest.raises(DataError) as err:
-        fetch_archive(path, "http://127.0.0.1:9/unused", wrong)
+        verify_archive(path, wrong)
     message = str(err.value)
     assert md5_of(path) in message and wrong in message
     assert "Delete the file" in message and "data.md5" in message
 
 
-def test_matching_md5_returns_the_archive(tmp_path, batches):
+def test_an_archive_in_place_is_used_as_it_is_and_a_matching_md5_passes(tmp_path, batches):
     path = write_archive(tmp_path / "c.tar.gz", batches)
-    assert fetch_archive(path, "http://127.0.0.1:9/unused", md5_of(path)) == path
+    assert ensure_archive(path, "http://127.0.0.1:9/unused", "0" * 32) == path  # not downloaded, not checked
+    verify_archive(path, md5_of(path))
 
 
 def test_truncated_archive(tmp_path, batches):
@@ -99,7 +100,7 @@ def test_offline_without_archive(tmp_path):
     path = tmp_path / "cifar-10-python.tar.gz"
     md5 = "c58f30108f718f92721af3b95e74349a"
     with pytest.raises(DataError) as err:
-        fetch_archive(path, "http://127.0.0.1:9/cifar-10-python.tar.gz", md5, timeout=5)
+        ensure_archive(path, "http://127.0.0.1:9/cifar-10-python.tar.gz", md5, timeout=5)
     assert str(path.resolve()) in str(err.value) and md5 in str(err.value)
     assert list(tmp_path.iterdir()) == []  # neither the archive nor a temp file
 

@@ -59,12 +59,6 @@ def in_background(work: Callable[..., T], *args) -> Callable[[], T]:
     return future.result
 
 
-def fetch_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
-    """Return the verified archive at path, downloading it first if it is not there."""
-    verify_archive(ensure_archive(path, url, md5, timeout), md5)
-    return path
-
-
 def ensure_archive(path: Path, url: str, md5: str, timeout: float = 60) -> Path:
     """The archive at path, downloaded from url first if it is not there (not verified yet)."""
     if path.exists() and not path.is_file():
