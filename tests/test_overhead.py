@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from cifar_pipeline.data import md5sum, md5sum_in_background
+from cifar_pipeline.data import in_background, md5sum
 from cifar_pipeline.environment import release_compile_workers
 from cifar_pipeline.registry import REQUIREMENTS
 
@@ -18,11 +18,11 @@ from cifar_pipeline.registry import REQUIREMENTS
 def test_background_md5_is_the_md5(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(bytes(range(256)) * 20_000)
-    assert md5sum_in_background(path)() == md5sum(path)
+    assert in_background(md5sum, path)() == md5sum(path)
 
 
 def test_background_md5_of_a_missing_file_raises_when_asked(tmp_path):
-    digest = md5sum_in_background(tmp_path / "missing")
+    digest = in_background(md5sum, tmp_path / "missing")
     with pytest.raises(FileNotFoundError):
         digest()
 
