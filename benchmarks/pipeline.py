@@ -443,8 +443,8 @@ def main() -> None:
     if args.archive and archive is None:
         parser.error(f"--archive {args.archive} is not a file")
 
+    out_dir = args.out or Path(tempfile.mkdtemp(prefix="pipeline-bench-out-"))
     work = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
-    out_dir = args.out or work / "out"
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         repo = make_copy(work, args.set_param, archive)
@@ -480,7 +480,7 @@ def main() -> None:
         if args.keep:
             print(f"pipeline benchmark: project copy kept in {work / 'project'}")
         else:
-            shutil.rmtree(work / "project", ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
