@@ -153,10 +153,10 @@ def test_a_dead_standby_is_replaced_by_a_fresh_fork(served):
 def warmed_standby(folder: Path, alive: subprocess.Popen, taken: int) -> int:
     """The pid of the server's standby (not `taken`, the one running a stage) forked after the server's
     later imports, once it is ready (from the server's log)."""
-    log = next(p for p in prefork.socket_dir().glob("*.log") if f"starting a server for {folder}\n" in p.read_text())
+    log = server_log_file(folder)
 
     def pids() -> list[int]:
-        after_imports = log.read_text().partition("matplotlib.pyplot too after")[2]
+        after_imports = newest_server_lines(log, folder).partition("matplotlib.pyplot too after")[2]
         return [int(pid) for pid in re.findall(r"^standby (\d+): ready", after_imports, re.M) if int(pid) != taken]
 
     wait_until(pids, alive, "the standby", log, timeout=120)
@@ -198,9 +198,19 @@ def test_pipeline_through_the_server_killed_mid_training_resumes_and_finishes(pr
         prefork.stop(project)
 
 
+def server_log_file(folder: Path) -> Path:
+    """The log of the newest server started for folder."""
+    started = f"starting a server for {folder.resolve()}\n"
+    return max((log for log in prefork.socket_dir().glob("*.log") if started in log.read_text()), key=os.path.getmtime)
+
+
+def newest_server_lines(log: Path, folder: Path) -> str:
+    """What the newest server for folder wrote in log. A log keeps the lines of every server with its key,
+    also those of an earlier test session whose folder had the same path."""
+    return log.read_text().rpartition(f"starting a server for {folder.resolve()}\n")[2]
+
+
 def server_log_lines(project: Path) -> list[str]:
-    """The servers' lines about forks for this project."""
-    lines = []
-    for log in prefork.socket_dir().glob("*.log"):
-        lines += [line for line in log.read_text().splitlines() if line.endswith(f" in {project.resolve()}")]
-    return lines
+    """The newest server's lines about forks for this project."""
+    lines = newest_server_lines(server_log_file(project), project).splitlines()
+    return [line for line in lines if line.endswith(f" in {project.resolve()}")]
