@@ -29,10 +29,10 @@ demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC e
 	dvc exp show --only-changed --keep test_acc --drop 'Created|.*/'
 
 recipe: $(BIN)/.installed  ## one named recipe (recipes/$(R).yaml) as a DVC experiment; docs/recipes.md
-	python -m cifar_pipeline.recipes $(R) $(RECIPE_ARGS)
+	python -m cifar_pipeline.commands.recipes $(R) $(RECIPE_ARGS)
 
 ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; open the address it prints
-	$(BIN)/python -m cifar_pipeline.ui --port 5000
+	$(BIN)/python -m cifar_pipeline.commands.ui --port 5000
 
 clean-venv:
 	rm -rf $(VENV)

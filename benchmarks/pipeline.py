@@ -6,20 +6,18 @@ a fresh git repo), with this interpreter's environment:
   (the project's own state/torch_compile; TORCHINDUCTOR_CACHE_DIR and TRITON_CACHE_DIR point into
   the copy);
 - warm: `dvc repro -f` right after, in the same copy (compile cache, MLflow store and DVC cache filled).
-Before each run the copy's prefork server is stopped, so stages after the first run as forks of a server
-that run started (docs/speed.md), as in a user's later `dvc repro`.
+One second after each `dvc repro` returns, it lists any process still running the copy's code (there
+should be none: every stage is the process DVC started).
 
 Per stage it reports the wall from `dvc repro`'s own "Running stage" lines and splits it, from the
 times its output lines arrive and from a `python` wrapper put first on PATH that records when each
-stage's process starts and ends, into: DVC before the process, the process's start-up (imports or the
-wait for the prefork server, CUDA init, data load, MLflow store, up to "started MLflow run" in a training
-stage), training (from
+stage's process starts and ends, into: DVC before the process, the process's start-up (imports, CUDA
+init, data load, MLflow store, up to "started MLflow run" in a training stage), training (from
 reports/train/<model>.json), writing outputs, publishing the model (log_model and registration, as the
 stage prints it), process exit, and DVC after the process (hashing outputs, caching them, dvc.lock).
 A probe then times, each in a fresh process: the interpreter's start, `import` of torch, torchvision,
 mlflow and matplotlib, CUDA's initialisation, opening the MLflow store, and loading and hashing the
-prepared data (--no-probe skips it). --profile runs every stage in its own process: the prefork server's
-imports, then the stage under pyinstrument, so a profile shows what a forked stage spends.
+prepared data (--no-probe skips it). --profile runs every stage under pyinstrument.
 
 Usage (from the project root, with the project's environment active):
     python benchmarks/pipeline.py [--archive data/cifar-10-python.tar.gz] [-S key=value ...]
@@ -45,9 +43,9 @@ from pathlib import Path
 
 import yaml
 
-from cifar_pipeline import atomic, prefork
-from cifar_pipeline.paths import COMPILE_AHEAD_LOG, STAGES
-from cifar_pipeline.tracking import git_commit
+from cifar_pipeline.core import atomic
+from cifar_pipeline.core.paths import STAGES
+from cifar_pipeline.tracking.store import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +75,7 @@ elif what == "mlflow_store":
     import mlflow; t = time.perf_counter(); mlflow.MlflowClient(sys.argv[2]).search_experiments()
 elif what == "data_load_and_md5":
     from pathlib import Path
-    from cifar_pipeline.data import load_arrays, md5sum
+    from cifar_pipeline.core.data import load_arrays, md5sum
     t = time.perf_counter(); load_arrays(Path(sys.argv[2])); md5sum(Path(sys.argv[2]))
 elif what == "device":
     import importlib.util, os, torch
@@ -90,12 +88,9 @@ elif what == "device":
     raise SystemExit
 print(json.dumps(time.perf_counter() - t))
 """
-PROFILER = """# Run `-m module args` as a prefork child runs it (the server's imports done), under pyinstrument.
+PROFILER = """# Run `-m module args` under pyinstrument.
 import runpy, sys
 from pyinstrument import Profiler
-from cifar_pipeline import prefork
-for name in (*prefork.PRELOAD, *prefork.PRELOAD_LATER):
-    __import__(name)
 out, flag, module, *args = sys.argv[1:]
 assert flag == "-m", sys.argv
 sys.argv = [module, *args]
@@ -316,21 +311,31 @@ def measure(
     repo: Path, env: dict[str, str], name: str, out_dir: Path, processes: Path, profile: bool, with_probe: bool
 ) -> dict:
     processes.write_text("")
-    if profile:  # each stage in its own process, profiled from where a fork of the prefork server starts
+    if profile:
         (out_dir / f"profiles-{name}").mkdir(exist_ok=True)
-        env = {**env, "PIPELINE_BENCH_PROFILE": str(out_dir / f"profiles-{name}"), "CIFAR_PREFORK": "0"}
-    prefork.stop(repo)  # each run starts as a user's later `dvc repro` would: no server left from a minute ago
+        env = {**env, "PIPELINE_BENCH_PROFILE": str(out_dir / f"profiles-{name}")}
     start = time.time()
     lines, end = run_repro(repo, env, force=name != "cold", log=out_dir / f"repro-{name}.log")
+    time.sleep(1)  # then nothing of the project may still run
+    left = leftover_processes(repo)
     stages = stage_breakdown(lines, end, read_processes(processes), repo)
-    compiled_ahead = repo / COMPILE_AHEAD_LOG  # what the background compiler did in this run (and before)
-    if compiled_ahead.exists():
-        shutil.copyfile(compiled_ahead, out_dir / f"compile-ahead-{name}.log")
     return {
         "wall": round(end - start, 2),
         "stages": {s: round_all(e) for s, e in stages.items()},
+        "processes_left_after_1s": left,
         "probe": probe(repo, env) if with_probe else {},
     }
+
+
+def leftover_processes(repo: Path) -> list[str]:
+    """The command lines of processes that run in the copy or its code (`ps` one second after the run)."""
+    rows = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    me = os.getpid()
+    return [
+        row.strip()
+        for row in rows.splitlines()
+        if (str(repo) in row or "cifar_pipeline" in row) and int(row.split()[0]) != me and " ps -eo" not in row
+    ]
 
 
 def round_all(entry: dict) -> dict:
@@ -364,6 +369,8 @@ def table(result: dict) -> str:
         for stage, entry in result["runs"][r]["stages"].items():
             parts = entry.get("parts", {})
             lines.append(f"| {stage} | " + " | ".join(f"{parts[p]:.2f}" if p in parts else "" for p in PARTS) + " |")
+        left = result["runs"][r].get("processes_left_after_1s", [])
+        lines += ["", f"Processes of the project 1 s after the {r} run: {'; '.join(left) if left else 'none'}"]
         probe_cells = ", ".join(f"{k} {v:.2f}" for k, v in result["runs"][r]["probe"].items())
         if probe_cells:
             lines += ["", f"Start-up costs, each in a fresh process after the {r} run (s): {probe_cells}"]
@@ -388,6 +395,7 @@ def record(result: dict, results: Path) -> None:
         "pipeline_command": result["command"],
         "pipeline_torch": result["torch"],
         "pipeline_torch_bytecode_cached": result["torch_bytecode_cached"],
+        "pipeline_processes_left_after_1s": {r: v["processes_left_after_1s"] for r, v in result["runs"].items()},
     }
     current = json.loads(results.read_text()) if results.exists() else {}
     if current.get("commit") == result["commit"] and current.get("gpu") == result["gpu"]:
@@ -476,7 +484,6 @@ def main() -> None:
             record(result, args.results)
             print(f"pipeline benchmark: recorded in {args.results}")
     finally:
-        prefork.stop(work / "project")
         if args.keep:
             print(f"pipeline benchmark: project copy kept in {work / 'project'}")
         else:

@@ -5,7 +5,7 @@ random weights: the timing does not depend on the weights).
 
 Each model is logged and registered as the training stage does it, into a temporary store. A fresh
 Python process then times: `mlflow.pyfunc.load_model("models:/<name>@champion")` (imports included),
-`predict` on 1 and on 1,000 uint8 32x32 images, and the `cifar_pipeline.predict` command on 1 and
+`predict` on 1 and on 1,000 uint8 32x32 images, and the `cifar_pipeline.commands.predict` command on 1 and
 1,000 PNG files (its whole wall time, start-up included).
 """
 
@@ -41,10 +41,11 @@ json.dump({"load_s": t1 - t0, "predict_1_s": t2 - t1, "predict_1000_s": t3 - t2}
 
 
 def publish(name: str, store: Path, params: dict) -> str:
-    from cifar_pipeline import checkpoint, registry
-    from cifar_pipeline.config import MlflowParams, parse_params
-    from cifar_pipeline.models import build_model
-    from cifar_pipeline.tracking import Tracker
+    from cifar_pipeline.core.config import MlflowParams, parse_params
+    from cifar_pipeline.engine import checkpoint
+    from cifar_pipeline.engine.models import build_model
+    from cifar_pipeline.tracking import registry
+    from cifar_pipeline.tracking.store import Tracker
 
     parsed = parse_params({**params, name: {**params[name], **({"weights": "none"} if name == "resnet18" else {})}})
     cfg = parsed.model(name)
@@ -99,7 +100,7 @@ def main() -> None:
             cli = [
                 sys.executable,
                 "-m",
-                "cifar_pipeline.predict",
+                "cifar_pipeline.commands.predict",
                 "-m",
                 uri,
                 "--tracking-uri",

@@ -1,5 +1,5 @@
 """Measure named recipes: each recipe x seed is one DVC experiment, run with the command
-`python -m cifar_pipeline.recipes` runs (`dvc exp run --temp -n <recipe>-s<seed>-<stamp> ...`), so the
+`python -m cifar_pipeline.commands.recipes` runs (`dvc exp run --temp -n <recipe>-s<seed>-<stamp> ...`), so the
 workspace's params.yaml is never edited. Each run's test accuracy is that of its best-validation
 checkpoint (what `evaluate` scores); per model, the recipe with the best mean validation accuracy is
 marked `selected_on_validation`.
@@ -26,8 +26,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from cifar_pipeline import atomic, cli, paths
-from cifar_pipeline.recipes import Recipe, load
+from cifar_pipeline.commands.recipes import Recipe, load
+from cifar_pipeline.core import atomic, cli, paths
 
 
 def git(*args: str) -> str:

@@ -15,8 +15,8 @@ import argparse
 import json
 from pathlib import Path
 
-from cifar_pipeline import atomic
-from cifar_pipeline.config import MODELS
+from cifar_pipeline.core import atomic
+from cifar_pipeline.core.config import MODELS
 
 
 def round_or_none(seconds: float | None) -> float | None:

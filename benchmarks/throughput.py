@@ -22,13 +22,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from cifar_pipeline import paths
-from cifar_pipeline.config import MODELS, ModelParams, Resnet18Params, load_params
-from cifar_pipeline.data import load_arrays, split_indices
-from cifar_pipeline.loader import DeviceData
-from cifar_pipeline.models import model_from_params
-from cifar_pipeline.runtime import Settings, synchronize
-from cifar_pipeline.trainer import Trainer, build_trainer
+from cifar_pipeline.core import paths
+from cifar_pipeline.core.config import MODELS, ModelParams, Resnet18Params, load_params
+from cifar_pipeline.core.data import load_arrays, split_indices
+from cifar_pipeline.engine.device import Settings, synchronize
+from cifar_pipeline.engine.loader import DeviceData
+from cifar_pipeline.engine.models import model_from_params
+from cifar_pipeline.engine.trainer import Trainer, build_trainer
 
 FLOOR_STEPS = 300
 DATALOADER_WARMUP, DATALOADER_STEPS = 20, 150

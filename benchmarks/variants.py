@@ -17,12 +17,12 @@ from pathlib import Path
 import torch
 from throughput import floor_img_per_s
 
-from cifar_pipeline import paths
-from cifar_pipeline.config import MODELS, load_params
-from cifar_pipeline.data import load_arrays
-from cifar_pipeline.loader import DeviceData
-from cifar_pipeline.runtime import Settings, configure_backends, pick_device
-from cifar_pipeline.trainer import build_trainer
+from cifar_pipeline.core import paths
+from cifar_pipeline.core.config import MODELS, load_params
+from cifar_pipeline.core.data import load_arrays
+from cifar_pipeline.engine.device import Settings, configure_backends, pick_device
+from cifar_pipeline.engine.loader import DeviceData
+from cifar_pipeline.engine.trainer import build_trainer
 
 
 def main() -> None:

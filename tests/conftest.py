@@ -4,7 +4,6 @@ its own git repo (what `dvc repro` and the stage CLIs run in). The helpers they 
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -13,11 +12,6 @@ import torch
 from helpers.data import make_archive
 from helpers.processes import run
 from helpers.project import make_project
-
-# Stages started by the tests, or by what the tests start, run in their own processes: no prefork server
-# or background compiler outlives a test. tests/test_prefork.py and test_compile_ahead.py start their own.
-os.environ.setdefault("CIFAR_PREFORK", "0")
-os.environ.setdefault("CIFAR_COMPILE_AHEAD", "0")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -24,8 +24,6 @@ def stage_env(**extra: str) -> dict[str, str]:
         GIT_COMMITTER_NAME="test",
         GIT_COMMITTER_EMAIL="test@example.com",
         PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        CIFAR_PREFORK="0",  # no background servers; tests/test_prefork.py turns it on
-        CIFAR_COMPILE_AHEAD="0",  # nor background compilers; tests/test_compile_ahead.py runs one
     )
     env.update(extra)
     return env

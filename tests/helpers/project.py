@@ -28,7 +28,8 @@ def tiny_params(md5: str) -> dict:
     """params.yaml with every model shrunk to seconds on a CPU."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["data"].update(md5=md5, val_size=100)
-    params["runtime"].update(device="cpu", progress=False)
+    params["runtime"].update(device="cpu")
+    params["progress"] = False
     params["cnn"].update(epochs=2, batch_size=32)
     params["resnet34"].update(epochs=1, batch_size=32)
     params["resnet18"].update(epochs=1, batch_size=32, image_size=32)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from .. import cli, paths
-from ..environment import paused_gc
-from ..tracking import Tracker, base_tags
+from cifar_pipeline.core import cli, paths
+from cifar_pipeline.tracking.store import Tracker, base_tags
 
 
 def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
-    with paused_gc():
-        from ..comparison import build_table, write
-        from ..registry import crown_champions
-        from ..run_metadata import link_model_runs, run_name
+    from cifar_pipeline.reporting.comparison import build_table, write
+    from cifar_pipeline.tracking.registry import crown_champions
+    from cifar_pipeline.tracking.run_metadata import link_model_runs, run_name
 
     paths.check_writable(paths.REPORTS)
     tracker = Tracker(params.mlflow)  # before writing: a broken store leaves no reports behind
@@ -37,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run_stage(main)
+    cli.run(main)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from .. import cli, compile_cache, paths
-from ..data import Cifar10, ensure_archive, first_n, in_background, read_archive, save_arrays, verify_archive
-from ..paths import project_root
+from cifar_pipeline.core import cli, paths
+from cifar_pipeline.core.data import (
+    Cifar10,
+    ensure_archive,
+    first_n,
+    in_background,
+    read_archive,
+    save_arrays,
+    verify_archive,
+)
+from cifar_pipeline.core.paths import project_root
 
 
 def main() -> None:
-    params, _, params_file = cli.parse_stage_args(__doc__, per_model=False)
+    params = cli.parse_args(__doc__, per_model=False)[0]
     cfg = params.data
 
     # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
     archive = ensure_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
     reading = in_background(read_archive, archive)  # while the md5 is checked; nothing is written before
     verify_archive(archive, cfg.md5)
-    compile_cache.start_compiling_ahead(params, params_file)  # the training steps, while the pipeline runs
     full = reading()
     data = Cifar10(
         *first_n(full.train_x, full.train_y, cfg.train_limit),
@@ -27,4 +34,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run_stage(main)
+    cli.run(main)

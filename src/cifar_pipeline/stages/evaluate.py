@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from .. import cli
-from ..environment import paused_gc
+from cifar_pipeline.core import cli
 
 
 def main() -> None:
     params, model = cli.parse_args(__doc__, per_model=True)
 
-    with paused_gc():
-        from ..evaluation import evaluate
+    from cifar_pipeline.reporting.evaluation import evaluate
 
     result = evaluate(params, model)
     print(f"evaluate {model}: test accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":
-    cli.run_stage(main)
+    cli.run(main)

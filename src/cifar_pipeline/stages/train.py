@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from .. import cli, paths
-from ..environment import paused_gc
+from cifar_pipeline.core import cli, paths
 
 
 def main() -> None:
     params, model, params_file = cli.parse_stage_args(__doc__, per_model=True)
 
-    with paused_gc():  # torch loads only once the params are known to be valid
-        from ..training import train
+    from cifar_pipeline.training.stage import train  # torch loads only once the params are known to be valid
 
     summary = train(params, model, params_file)
     print(
@@ -20,4 +18,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    cli.run_stage(main)
+    cli.run(main)

@@ -1,0 +1,342 @@
+"""Typed schema for params.yaml, validated before any heavy work."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from cifar_pipeline.core.errors import ParamsError
+
+MODELS = ("cnn", "resnet34", "resnet18")
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+BatchSize = Annotated[int, Field(ge=2)]  # BatchNorm can't train on one image per batch
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy's legacy seeding accepts
+MIN_TRAIN_IMAGES = 2
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
+Probability = Annotated[float, Field(ge=0, le=1)]
+RGB = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
+RGBStd = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+
+
+class Strict(BaseModel):
+    # strict: no bool for an int, no "32" for a number; allow_inf_nan: no .inf or .nan anywhere
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+class DataParams(Strict):
+    archive: str = "data/cifar-10-python.tar.gz"
+    url: str = OFFICIAL_URL
+    md5: Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")] = OFFICIAL_MD5
+    train_limit: Annotated[int, Field(ge=0)] = 0
+    test_limit: Annotated[int, Field(ge=0)] = 0
+    val_size: PositiveInt = 5000
+
+    @model_validator(mode="after")
+    def _room_for_training(self) -> DataParams:
+        if self.train_limit and self.val_size > self.train_limit - MIN_TRAIN_IMAGES:
+            raise ValueError(
+                f"data.val_size = {self.val_size} must be at most data.train_limit - {MIN_TRAIN_IMAGES} = "
+                f"{self.train_limit - MIN_TRAIN_IMAGES} so that at least {MIN_TRAIN_IMAGES} images remain for training"
+            )
+        return self
+
+
+class RuntimeParams(Strict):
+    device: str = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    cuda_graphs: bool = True
+    compile: bool = True
+    cudnn_benchmark: bool = False
+    deterministic: bool = False
+    eval_batch_size: PositiveInt = 1024
+
+    @property
+    def compiles(self) -> bool:
+        """Whether the train step is compiled on a CUDA device: deterministic runs never compile (compiled
+        kernels are chosen by timing when first compiled, so they can differ between caches)."""
+        return self.compile and not self.deterministic
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        if v not in ("auto", "cuda", "mps", "cpu") and not re.fullmatch(r"cuda:\d+", v):
+            raise ValueError("must be auto, cuda, cuda:N (one GPU by index), mps or cpu")
+        return v
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why uri can't be an MLflow tracking store, or None if its form is fine."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or not scheme:
+        return "is not a URI: use sqlite:///<path>.db, http(s)://<host>:<port> or another MLflow store URI"
+    if scheme.split("+")[0] not in TRACKING_SCHEMES:
+        return f"has the unknown scheme `{scheme}`; MLflow stores use one of {', '.join(TRACKING_SCHEMES)}"
+    if scheme == "sqlite" and (not rest.startswith("/") or not rest.strip("/")):
+        return "must name a database file: sqlite:///<relative path>.db or sqlite:////<absolute path>.db"
+    if scheme in ("http", "https") and not rest.split("/")[0]:
+        return "has no host: use http(s)://<host>:<port>"
+    return None
+
+
+class MlflowParams(Strict):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: Annotated[str, Field(min_length=1)] = "cifar10"
+    system_metrics: bool = False
+    register_models: bool = True
+    # letters, digits, '.', '_', '-' only: the name goes into models:/<name>@champion URIs
+    registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$")] = "cifar10-"
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _known_store(cls, v: str) -> str:
+        problem = tracking_uri_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("experiment")
+    @classmethod
+    def _not_blank(cls, v: str) -> str:
+        if v != v.strip() or not v:
+            raise ValueError("must be a name without leading or trailing spaces, e.g. cifar10")
+        return v
+
+
+class OptimizerParams(Strict):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: Annotated[float, Field(gt=0, le=10)]
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    nesterov: bool = False  # SGD only
+    # Linear scaling rule: the lr used is lr * batch_size / reference_batch_size (null: lr as given).
+    reference_batch_size: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _nesterov_needs_sgd_momentum(self) -> OptimizerParams:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError(
+                f"nesterov = true needs name = sgd and momentum > 0 (got name = {self.name}, "
+                f"momentum = {self.momentum}); set nesterov: false or use SGD with momentum"
+            )
+        return self
+
+
+class SchedulerParams(Strict):
+    """step and cosine change the lr once per epoch; onecycle and warmup_cosine once per step."""
+
+    name: Literal["none", "step", "cosine", "onecycle", "warmup_cosine"] = "none"
+    step_size: PositiveInt = 10
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3  # onecycle: share of steps rising to the peak lr
+    div_factor: Annotated[float, Field(ge=1)] = 25.0  # onecycle: starts at peak lr / div_factor
+    final_div_factor: Annotated[float, Field(ge=1)] = 1e4  # onecycle: ends at start lr / final_div_factor
+    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0  # warmup_cosine: linear rise from 0, then cosine to 0
+
+
+class AugmentParams(Strict):
+    crop_padding: Annotated[int, Field(ge=0, le=16)] = 0
+    hflip: bool = False
+    brightness: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    contrast: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # max degrees, uniform in [-rotation, rotation]
+    cutout: Annotated[int, Field(ge=0, le=32)] = 0  # side of the zeroed square, in pixels (0 = off)
+
+
+class NormalizeParams(Strict):
+    mean: RGB = [0.5, 0.5, 0.5]
+    std: RGBStd = [0.5, 0.5, 0.5]
+
+
+class ModelParams(Strict):
+    epochs: PositiveInt
+    batch_size: BatchSize = 64
+    optimizer: OptimizerParams
+    scheduler: SchedulerParams = SchedulerParams()
+    augment: AugmentParams = AugmentParams()
+    normalize: NormalizeParams = NormalizeParams()
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training loss only
+    tta: Literal["none", "flip"] = "none"  # inference (validation, test, serving): flip = average with the mirror image
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self) -> ModelParams:
+        sched = self.scheduler
+        if sched.name == "warmup_cosine" and sched.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"scheduler.warmup_epochs = {sched.warmup_epochs} must be below "
+                f"epochs = {self.epochs}, so that the cosine part has steps left"
+            )
+        return self
+
+    def lr_scale(self) -> float:
+        """Factor on every learning rate: batch_size / optimizer.reference_batch_size (linear scaling)."""
+        reference = self.optimizer.reference_batch_size
+        return self.batch_size / reference if reference else 1.0
+
+
+class CnnParams(ModelParams):
+    dropout: Probability = 0.5
+    width: Annotated[float, Field(gt=0, le=8)] = 1.0  # multiplies every layer's channels (and the hidden units)
+    extra_convs: Annotated[int, Field(ge=0, le=4)] = 0  # more conv-BN-ReLU layers per block, at its width
+
+
+class Resnet34Params(ModelParams):
+    arch: Literal["pipeline", "torchvision"] = "pipeline"  # this package's ResNet34 or torchvision's resnet34
+    stem: Literal["imagenet", "cifar"] = "imagenet"  # 7x7/2 conv + max-pool, or 3x3/1 conv (32x32 into layer1)
+
+
+class Resnet18Params(ModelParams):
+    image_size: Annotated[int, Field(ge=32, le=512)] = 224
+    weights: Literal["IMAGENET1K_V1", "none"] = "IMAGENET1K_V1"
+    weights_path: str | None = None
+    trainable: Annotated[list[Literal["layer1", "layer2", "layer3", "layer4", "fc"]], Field(min_length=1)] = [
+        "layer4",
+        "fc",
+    ]
+    # lr of the trainable layers other than fc, before lr scaling (null: optimizer.lr)
+    backbone_lr: Annotated[float, Field(gt=0, le=10)] | None = None
+
+    @field_validator("trainable")
+    @classmethod
+    def _fc_trainable(cls, v: list[str]) -> list[str]:
+        if "fc" not in v:
+            raise ValueError("must include 'fc' (the new 10-class head)")
+        return v
+
+    @model_validator(mode="after")
+    def _backbone_to_train(self) -> Resnet18Params:
+        if self.backbone_lr is not None and self.trainable == ["fc"]:
+            raise ValueError(
+                f"backbone_lr = {self.backbone_lr} is set but trainable = ['fc'] has no backbone "
+                "layer; add one (e.g. layer4) to trainable or set backbone_lr: null"
+            )
+        return self
+
+
+class Params(Strict):
+    seed: Seed = 42
+    progress: bool = True  # per-batch progress bars; no stage lists it, so it reruns nothing
+    data: DataParams = DataParams()
+    runtime: RuntimeParams = RuntimeParams()
+    mlflow: MlflowParams = MlflowParams()
+    cnn: CnnParams
+    resnet34: Resnet34Params
+    resnet18: Resnet18Params
+
+    def model(self, name: str) -> ModelParams:
+        return getattr(self, name)
+
+    def stage_params(self, name: str) -> dict:
+        """The params a training stage reads: its model section plus data, runtime and seed."""
+        return {
+            "seed": self.seed,
+            "data": self.data.model_dump(),
+            "runtime": self.runtime.model_dump(),
+            name: self.model(name).model_dump(),
+        }
+
+    def stage_key(self, name: str) -> str:
+        """Hash of the params that change a training run's result (resume is keyed to it)."""
+        blob = json.dumps(self.stage_params(name), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _schema_keys(model: type[BaseModel] | None) -> list[str]:
+    return list(model.model_fields) if model else []
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at `loc` (for did-you-mean hints)."""
+    current: type[BaseModel] | None = Params
+    for part in loc[:-1]:
+        if current is None or not isinstance(part, str) or part not in current.model_fields:
+            return None
+        annotation = current.model_fields[part].annotation
+        current = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return current
+
+
+TYPE_NAMES = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "finite_number": "a finite number",
+    "model_type": "a mapping of keys",
+    "dict_type": "a mapping of keys",
+}
+
+
+def _quoted_value(value: object, kind: str) -> bool:
+    """Whether value is a string that, unquoted, would be what kind asks for (`"32"` for an integer)."""
+    if not isinstance(value, str) or kind == "string_type":
+        return False
+    parsed = yaml.safe_load(value) if value.strip() else None
+    wanted = {"int_type": int, "float_type": (int, float), "bool_type": bool}.get(kind, ())
+    return isinstance(parsed, wanted) and (kind == "bool_type" or not isinstance(parsed, bool))
+
+
+MOVED_KEYS = {"runtime.progress": "progress (top level)"}
+
+
+def _describe(error: dict) -> str:
+    loc = error["loc"]
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    value = error.get("input")
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        if path in MOVED_KEYS:
+            return f"`{path}` moved: write it as `{MOVED_KEYS[path]}`"
+        valid = _schema_keys(_model_at(loc))
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        hint = f" (did you mean `{close[0]}`?)" if close else ""
+        return f"unknown key `{path}`{hint}; valid keys here: {', '.join(valid)}"
+    if kind == "missing":
+        return f"`{path}` is required but missing"
+    ctx = error.get("ctx", {})
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        op = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        bound = int(bound) if isinstance(bound, float) and bound.is_integer() else bound
+        return f"{path} must be {op} {bound}, got {value!r}"
+    if kind in TYPE_NAMES:
+        quoted = " (a string: remove the quotes)" if _quoted_value(value, kind) else ""
+        return f"{path} must be {TYPE_NAMES[kind]}, got {value!r}{quoted}"
+    if kind == "literal_error":
+        return f"{path} must be one of {ctx.get('expected')}, got {value!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(value, dict):  # a whole-section check: its message names the keys and values itself
+        return f"{path}: {message}"
+    return f"{path}: {message}, got {value!r}"
+
+
+def parse_params(raw: object, source: str = "params.yaml") -> Params:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source} must be a YAML mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        problems = "\n".join(f"  - {_describe(e)}" for e in exc.errors())
+        raise ParamsError(f"{source} is invalid:\n{problems}\nFix these values and rerun.") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ParamsError(f"{path} is not valid YAML: {exc}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,79 @@
+"""Training data on the device, served an epoch at a time: a seeded permutation of the training images,
+augmented in one batched pass on the device, cut into batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from cifar_pipeline.core.config import AugmentParams
+from cifar_pipeline.core.data import Cifar10, split_indices
+from cifar_pipeline.engine.augment import augment, to_unit_float
+
+
+@dataclass
+class DeviceData:
+    """Train and validation data resident on the device."""
+
+    train_x: torch.Tensor  # uint8 [N, 3, 32, 32]
+    train_y: torch.Tensor
+    val_x: torch.Tensor  # float [M, 3, 32, 32] in [0, 1]
+    val_y: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, train_x, train_y, val_x, val_y, device: torch.device) -> DeviceData:
+        def images(a):
+            return torch.from_numpy(a).to(device).permute(0, 3, 1, 2).contiguous()
+
+        def labels(a):
+            return torch.from_numpy(a).long().to(device)
+
+        return cls(images(train_x), labels(train_y), to_unit_float(images(val_x)), labels(val_y))
+
+    @classmethod
+    def split(cls, data: Cifar10, val_size: int, seed: int, device: torch.device) -> DeviceData:
+        """The seeded train/validation split of the training images, moved to the device."""
+        train_idx, val_idx = split_indices(len(data.train_y), val_size, seed)
+        return cls.from_numpy(
+            data.train_x[train_idx], data.train_y[train_idx], data.train_x[val_idx], data.train_y[val_idx], device
+        )
+
+
+def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
+    """(images used, steps) per epoch: BatchNorm can't train on one image, so a last batch of one is
+    dropped (the dropped image is in a random place each epoch)."""
+    if n % batch_size == 1:
+        n -= 1
+    return n, -(-n // batch_size)
+
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+class Loader:
+    """One model's epochs over the device data; every random draw comes from `generator`."""
+
+    def __init__(
+        self,
+        data: DeviceData,
+        batch_size: int,
+        aug: AugmentParams,
+        generator: torch.Generator,
+        layout: Callable[[torch.Tensor], torch.Tensor],
+    ):
+        self.data, self.batch_size, self.aug, self.generator, self.layout = data, batch_size, aug, generator, layout
+        self.images, self.steps = steps_per_epoch(data.train_x.shape[0], batch_size)
+
+    def epoch(self, start_state: torch.Tensor | None = None, skip: int = 0) -> tuple[torch.Tensor, Iterator[Batch]]:
+        """The generator's state at the epoch's start and the epoch's batches. To finish an interrupted
+        epoch, pass its start state and the number of batches it already trained on."""
+        if start_state is not None:
+            self.generator.set_state(start_state)
+        state = self.generator.get_state()
+        order = torch.randperm(self.data.train_x.shape[0], device=self.data.train_x.device, generator=self.generator)
+        xs = self.layout(augment(self.data.train_x[order], self.aug, self.generator))
+        ys = self.data.train_y[order]
+        b = self.batch_size
+        return state, ((xs[i * b : (i + 1) * b], ys[i * b : (i + 1) * b]) for i in range(skip, self.steps))

@@ -1,0 +1,106 @@
+"""The comparison table of the three trained models."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from cifar_pipeline.core import atomic, paths
+from cifar_pipeline.core.config import MODELS, Params
+
+NOTEBOOK_ACCURACY = {"cnn": "89.11 %", "resnet34": "not reported", "resnet18": "91.95 %"}
+TRAIN_KEYS = ("best_val_acc", "epochs", "train_seconds", "images_per_second", "params_trainable", "params_total")
+COLUMNS = [
+    "model",
+    "init",
+    "test_accuracy",
+    "macro_f1",
+    "best_val_acc",
+    "epochs",
+    "train_seconds",
+    "images_per_second",
+    "params_trainable",
+    "params_total",
+    "mlflow_run_id",
+    "registered_version",
+    "alias",
+    "notebook_accuracy",
+]
+
+
+def init_label(params: Params, name: str) -> str:
+    if name != "resnet18":
+        return "random"
+    cfg = params.resnet18
+    if cfg.weights_path:
+        return f"weights file {cfg.weights_path}"
+    return "random init (resnet18.weights: none)" if cfg.weights == "none" else f"ImageNet {cfg.weights}"
+
+
+def registry_cells(run: dict, champions: dict[str, str]) -> dict[str, str]:
+    """This run's registered version, and whether it holds the `champion` alias (else which one does)."""
+    if "version" not in run:
+        return {"registered_version": "not registered", "alias": ""}
+    champion = champions.get(run["registered_model"])
+    alias = "champion" if champion == str(run["version"]) else (f"champion is v{champion}" if champion else "")
+    return {"registered_version": f"{run['registered_model']} v{run['version']}", "alias": alias}
+
+
+def build_table(params: Params, champions: dict[str, str]) -> pd.DataFrame:
+    """champions: registered model name -> the version its `champion` alias points at."""
+    rows = []
+    for name in MODELS:
+        stage = paths.STAGES[name]
+        train = paths.read_json(paths.train_summary(name), stage, *TRAIN_KEYS)
+        test = paths.read_json(paths.eval_dir(name) / "metrics.json", f"evaluate@{name}", "accuracy", "macro_f1")
+        run = paths.read_json(paths.run_info(name), stage, "run_id")
+        rows.append(
+            {
+                "model": name,
+                "init": init_label(params, name),
+                "test_accuracy": test["accuracy"],
+                "macro_f1": test["macro_f1"],
+                "best_val_acc": train["best_val_acc"],
+                "epochs": train["epochs"],
+                "train_seconds": train["train_seconds"],
+                "images_per_second": train["images_per_second"],
+                "params_trainable": train["params_trainable"],
+                "params_total": train["params_total"],
+                "mlflow_run_id": run["run_id"],
+                **registry_cells(run, champions),
+                "notebook_accuracy": NOTEBOOK_ACCURACY[name],
+            }
+        )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    def cell(column: str, value) -> str:
+        if column in ("test_accuracy", "macro_f1", "best_val_acc"):
+            return f"{value:.2%}" if column != "macro_f1" else f"{value:.4f}"
+        if column == "train_seconds":
+            return f"{value:.1f}"
+        if column in ("images_per_second", "params_trainable", "params_total"):
+            return f"{value:,.0f}"
+        return str(value)
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(cell(c, row[c]) for c in table.columns) + " |")
+    note = (
+        "\n`notebook_accuracy` is what the seed notebooks reported on the original CIFAR-10 release; "
+        "it is a reference, not a result of this run. `alias` marks the registered version that holds "
+        "`champion`: the best validation accuracy among all versions of that model.\n"
+    )
+    return "# Model comparison\n\n" + "\n".join(lines) + "\n" + note
+
+
+def write(table: pd.DataFrame) -> tuple:
+    """The table as CSV and Markdown, and each model's test accuracy as DVC's one metrics file."""
+    csv_path, md_path = paths.REPORTS / "comparison.csv", paths.REPORTS / "comparison.md"
+    atomic.write_text(csv_path, table.to_csv(index=False))
+    atomic.write_text(md_path, to_markdown(table))
+    atomic.write_json(
+        paths.METRICS,
+        {"test_acc": {m: round(float(a), 4) for m, a in zip(table["model"], table["test_accuracy"], strict=True)}},
+    )
+    return csv_path, md_path, paths.METRICS

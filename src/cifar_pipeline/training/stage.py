@@ -1,0 +1,236 @@
+"""One training-stage execution: resume or start, train with per-epoch checkpoints, track, publish."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+
+import torch
+
+from cifar_pipeline.core import paths
+from cifar_pipeline.core.config import Params, load_params
+from cifar_pipeline.core.data import in_background, load_arrays, md5sum, split_indices
+from cifar_pipeline.core.errors import Diverged, Interrupted, ParamsError
+from cifar_pipeline.core.paths import check_writable, project_root
+from cifar_pipeline.engine import checkpoint
+from cifar_pipeline.engine.device import Settings, explain_oom
+from cifar_pipeline.engine.loader import DeviceData
+from cifar_pipeline.engine.models import check_weights_path
+from cifar_pipeline.engine.optim import effective_lrs
+from cifar_pipeline.engine.progress import EpochResult, RunProgress
+from cifar_pipeline.engine.trainer import Trainer, build_trainer
+from cifar_pipeline.tracking.run_metadata import dataset, model_description, run_name, run_params
+from cifar_pipeline.tracking.store import Tracker, base_tags, check_reachable, flatten, resolve_tracking_uri
+from cifar_pipeline.training.publish import parameter_counts, write_outputs
+from cifar_pipeline.training.recorder import Recorder
+
+
+def resume_key(params: Params, name: str, device: torch.device, data_md5: str) -> str:
+    """Covers the params, the prepared data and the device: a checkpoint made under any other is ignored."""
+    return f"{params.stage_key(name)}-{data_md5[:8]}-{device.type}"
+
+
+def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
+    """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
+    check_writable(
+        paths.model_dir(name),
+        paths.train_summary(name).parent,
+        paths.history(name).parent,
+        project_root() / paths.RESUME_DIR,
+    )
+    if name == "resnet18" and params.resnet18.weights_path:
+        check_weights_path(params.resnet18)
+    check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
+    # Broken data or too few training images fail before the tracking store is touched.
+    data_md5 = in_background(md5sum, paths.DATA)
+    arrays = load_arrays(paths.DATA)
+    split_indices(len(arrays.train_y), params.data.val_size, params.seed)
+    opening = in_background(Tracker, params.mlflow)  # MLflow loads while CUDA starts and the data moves over
+    settings = Settings.resolve(params.runtime, params.progress)
+    data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
+    tracker = opening()
+    digest = data_md5()
+    key = resume_key(params, name, settings.device, digest)
+    resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
+    with checkpoint.exclusive(resume_file):
+        return StageRun(
+            params,
+            name,
+            settings,
+            tracker,
+            data,
+            dataset(params, arrays, digest),
+            list(arrays.classes),
+            resume_file,
+            key,
+            params_file,
+        ).run()
+
+
+class StageRun:
+    """One execution of a training stage: resume or start, the epochs, then the outputs."""
+
+    def __init__(
+        self,
+        params: Params,
+        name: str,
+        settings: Settings,
+        tracker: Tracker,
+        data: DeviceData,
+        training_set,
+        classes: list[str],
+        resume_file: Path,
+        key: str,
+        params_file: Path = paths.PARAMS,
+    ):
+        self.params, self.name, self.stage, self.params_file = params, name, paths.STAGES[name], params_file
+        self.cfg = params.model(name)
+        self.settings, self.tracker, self.resume_file = settings, tracker, resume_file
+        self.data, self.training_set, self.classes = data, training_set, classes
+        self.recorder = Recorder(self.stage, tracker, resume_file, key)
+
+    def run(self) -> dict:
+        try:
+            state = checkpoint.load_resume(self.resume_file, self.recorder.key)
+            resumed = state is not None and self._resume(state)
+            if not resumed:
+                self._start()
+            if self.params.mlflow.system_metrics:
+                self.tracker.start_system_metrics(resume=resumed)
+            with self.trainer.stop_on_signals():
+                for epoch in range(self.progress.epoch + 1, self.cfg.epochs + 1):
+                    self._epoch(epoch)
+                    if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
+                        raise Interrupted(self.trainer.stop_signal)
+                self.recorder.wait()
+                check_params_unchanged(self.params, self.name, self.params_file)
+                summary = write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker, self.classes)
+        except Interrupted as stop:
+            self._save_interrupted(stop)
+            raise
+        except BaseException as exc:
+            self.recorder.settle()
+            if self.tracker.run_id is not None:  # Ctrl-C before training's handler: KILLED, like a signal in it
+                self.tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            if isinstance(exc, Diverged):  # resuming would only diverge again
+                self.resume_file.unlink(missing_ok=True)
+            raise
+        self.tracker.end("FINISHED")
+        self.resume_file.unlink(missing_ok=True)
+        return summary
+
+    def _resume(self, state: dict) -> bool:
+        """Continue the checkpointed run, or warn and return False when it can't be continued."""
+        problem = self.tracker.resume_problem(state["run_id"])
+        if problem:  # e.g. mlflow.tracking_uri or mlflow.experiment changed since the kill
+            warnings.warn(
+                f"resume checkpoint {self.resume_file} can't be continued: {problem}; starting a fresh run",
+                stacklevel=2,
+            )
+            return False
+        try:
+            self.trainer = build_trainer(self.params, self.name, self.settings, self.data)
+            self.trainer.load_state(state["trainer"])
+            checkpoint.set_rng_state(state["rng"])
+            self.progress = RunProgress.from_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # e.g. the model's code changed
+            warnings.warn(
+                f"resume checkpoint {self.resume_file} does not fit this code ({exc}); starting fresh", stacklevel=2
+            )
+            return False
+        self.tracker.reopen(self.progress.run_id)
+        self.recorder.catch_up(self.progress)
+        within = f" (+{self.progress.partial.steps} steps)" if self.progress.partial else ""
+        print(
+            f"{self.stage}: resuming MLflow run {self.progress.run_id} after epoch {self.progress.epoch}{within}",
+            flush=True,
+        )
+        return True
+
+    def _start(self) -> None:
+        self.trainer = build_trainer(self.params, self.name, self.settings, self.data, pretrained=True)
+        model = self.trainer.model
+        best_model = checkpoint.to_cpu(model.state_dict())
+        tags = {
+            **base_tags(self.stage),
+            "model": self.name,
+            "mlflow.note.content": model_description(self.name, self.stage),
+        }
+        logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
+        self.progress = RunProgress(self.tracker.start(run_name(self.name), tags, logged), best_model)
+        self.tracker.log_dataset(self.training_set, "training")
+        self.tracker.log_metrics(effective_lrs(self.cfg))
+        started = f"{self.stage}: started MLflow run {self.progress.run_id}"
+        # Written while the first epoch starts; printed once written: from then on a kill resumes this run.
+        self.recorder.save_in_background(self.trainer, self.progress, lambda: print(started, flush=True))
+
+    def _epoch(self, epoch: int) -> None:
+        with explain_oom(f"training {self.name}", f"{self.name}.batch_size", self.cfg.batch_size):
+            result = self.trainer.train_epoch(epoch, self.progress.partial)
+        check_finite(result, self.trainer, self.stage)
+        self.progress.finish_epoch(result, lambda: checkpoint.to_cpu(self.trainer.model.state_dict()))
+        self.recorder.epoch_done(self.trainer, self.progress)
+        print(_summary_line(self.stage, result), flush=True)
+
+    def _save_interrupted(self, stop: Interrupted) -> None:
+        """Checkpoint where training stopped and mark the MLflow run KILLED."""
+        self.recorder.settle()
+        self.progress.partial = stop.cursor
+        self.recorder.save(self.trainer, self.progress)
+        self.tracker.end("KILLED")
+        where = (
+            f"epoch {stop.cursor.epoch}, step {stop.cursor.steps}" if stop.cursor else f"epoch {self.progress.epoch}"
+        )
+        print(
+            f"{self.stage}: {stop}; checkpoint at {where} saved to {self.resume_file}; run `dvc repro` to resume",
+            flush=True,
+        )
+
+
+def check_finite(result: EpochResult, trainer: Trainer, stage: str) -> None:
+    """Raise Diverged on a non-finite loss or weights."""
+    bad = [
+        f"{k} {v}"
+        for k, v in (("train_loss", result.train_loss), ("val_loss", result.val_loss))
+        if not math.isfinite(v)
+    ]
+    floats = [t for t in trainer.model.state_dict().values() if t.is_floating_point()]
+    if not torch.stack([torch.isfinite(t).all() for t in floats]).all().item():
+        bad.append("non-finite weights")
+    if bad:
+        opt, cfg = f"{trainer.name}.optimizer", trainer.cfg.optimizer
+        raise Diverged(
+            f"{stage} diverged in epoch {result.epoch} ({', '.join(bad)}); no model was published "
+            f"and the MLflow run is marked FAILED. Lower {opt}.lr = {cfg.lr} or "
+            f"{opt}.weight_decay = {cfg.weight_decay} and rerun."
+        )
+
+
+def check_params_unchanged(params: Params, name: str, params_file: Path) -> None:
+    """The params file must still hold the values this run trained with: DVC records what the file says
+    when the stage ends, and a dvc.lock that names other values than the model's would be a lie."""
+
+    def stage_view(p: Params) -> dict:
+        return flatten({**p.stage_params(name), "mlflow": p.mlflow.model_dump()})
+
+    trained, now = stage_view(params), stage_view(load_params(params_file))
+    changed = [
+        f"{k}: {trained.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(trained.keys() | now.keys())
+        if trained.get(k) != now.get(k)
+    ]
+    if changed:
+        raise ParamsError(
+            f"{params_file} changed while {paths.STAGES[name]} ran ({'; '.join(changed)}). The model was "
+            "trained with the old values, so nothing was published. Run `dvc repro` again to train "
+            "with the file's values."
+        )
+
+
+def _summary_line(stage: str, r: EpochResult) -> str:
+    return (
+        f"{stage} epoch {r.epoch}: train_loss {r.train_loss:.4f} train_acc {r.train_acc:.4f} "
+        f"val_loss {r.val_loss:.4f} val_acc {r.val_acc:.4f} lr {r.lr:.2e} "
+        f"{r.epoch_seconds:.1f}s {r.images_per_second:,.0f} img/s"
+    )

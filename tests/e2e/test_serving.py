@@ -1,0 +1,206 @@
+"""A trained project used as users would: the predict CLI, the registered model loaded by alias in a
+fresh process, and `mlflow models serve`, all agreeing with the evaluate stage image for image."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from cifar_pipeline.core.config import load_params
+from cifar_pipeline.engine.augment import to_unit_float
+from cifar_pipeline.engine.device import Settings, predict
+from cifar_pipeline.reporting.evaluation import load_trained
+from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
+from helpers.project import make_project
+
+pytestmark = pytest.mark.slow
+MODEL_URI = "models:/cifar10-cnn@champion"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, archive, archive_md5):
+    """One project through `dvc repro`, shared by this file's tests."""
+    project = make_project(tmp_path_factory.mktemp("serving") / "project", archive, archive_md5)
+    run(["dvc", "repro"], project)
+    return project
+
+
+@pytest.fixture(scope="module")
+def test_set(trained):
+    """The test images as PNG files, their uint8 arrays and the class names."""
+    with np.load(trained / "data" / "cifar10.npz") as npz:
+        images, labels, classes = npz["test_x"], npz["test_y"], npz["classes"].tolist()
+    folder = trained / "test_images"
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return folder, images, labels, classes
+
+
+@pytest.fixture(scope="module")
+def evaluate_predictions(trained, test_set):
+    """The class the evaluate stage's code predicts for each test image; checked against its confusion matrix."""
+    _, images, labels, classes = test_set
+    cwd = os.getcwd()
+    os.chdir(trained)  # the stages' paths are relative to the project root
+    try:
+        model = load_trained("cnn")
+        settings = Settings.resolve(load_params("params.yaml").runtime)
+        logits = predict(model, to_unit_float(torch.from_numpy(images).permute(0, 3, 1, 2)), settings)
+    finally:
+        os.chdir(cwd)
+    predicted = logits.argmax(1).numpy()
+    with open(trained / "reports" / "eval" / "cnn" / "confusion_matrix.csv") as fh:
+        written = np.array([[int(v) for v in row[1:]] for row in list(csv.reader(fh))[1:]])
+    expected = np.zeros((10, 10), dtype=int)
+    np.add.at(expected, (labels, predicted), 1)
+    assert np.array_equal(written, expected)  # the same predictions the evaluate stage counted
+    assert (predicted == labels).mean() > 0.5  # a trained model (chance is 0.1), so agreement means something
+    return [classes[i] for i in predicted]
+
+
+def store_uri(project) -> str:
+    return f"sqlite:///{project / 'mlflow.db'}"
+
+
+def test_predict_cli_matches_evaluate_for_a_file_and_an_alias(trained, test_set, evaluate_predictions):
+    folder = test_set[0]
+    by_file = run(
+        [
+            sys.executable,
+            "-m",
+            "cifar_pipeline.commands.predict",
+            "-m",
+            "models/cnn/best.pt",
+            str(folder),
+            "--out",
+            "predictions.csv",
+        ],
+        trained,
+    )
+    assert "200 predictions written to predictions.csv" in by_file.stderr
+    with open(trained / "predictions.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["class"] for r in rows] == evaluate_predictions
+    assert [r["image"] for r in rows] == [str(folder / f"{i:04d}.png") for i in range(200)]
+    probabilities = np.array([[float(r[c]) for c in test_set[3]] for r in rows])
+    assert np.allclose(probabilities.sum(1), 1, atol=1e-4)
+
+    by_alias = run(
+        [
+            sys.executable,
+            "-m",
+            "cifar_pipeline.commands.predict",
+            "-m",
+            MODEL_URI,
+            "test_images/*.png",
+            "--format",
+            "json",
+            "--top-k",
+            "2",
+        ],
+        trained,
+    )
+    records = json.loads(by_alias.stdout)
+    assert [r["class"] for r in records] == evaluate_predictions
+    assert all(len(r["top_k"]) == 2 and r["top_k"][0]["class"] == r["class"] for r in records)
+
+
+def test_registered_model_loads_by_alias_in_a_fresh_process(trained, test_set, evaluate_predictions):
+    script = textwrap.dedent(f"""
+        import json, sys
+        import mlflow, numpy as np
+        mlflow.set_tracking_uri({store_uri(trained)!r})
+        model = mlflow.pyfunc.load_model({MODEL_URI!r})
+        with np.load("data/cifar10.npz") as npz:
+            images = npz["test_x"]
+        as_uint8 = model.predict(images)
+        as_float = model.predict(images.astype(np.float32) / 255)
+        json.dump({{"uint8": as_uint8["class"].tolist(), "float": as_float["class"].tolist(),
+                   "columns": as_uint8.columns.tolist(), "sums": as_uint8.iloc[:, 1:].sum(axis=1).tolist()}},
+                  sys.stdout)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=trained, env=stage_env(), capture_output=True, text=True, timeout=600
+    )  # stage_env drops every MLFLOW_* variable but telemetry
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["uint8"] == evaluate_predictions
+    assert result["float"] == evaluate_predictions
+    assert result["columns"] == ["class", *test_set[3]]
+    assert np.allclose(result["sums"], 1, atol=1e-4)
+
+
+def test_logged_model_is_code_plus_weights_no_pickle(trained):
+    import mlflow
+
+    mlflow.set_tracking_uri(store_uri(trained))
+    local = mlflow.artifacts.download_artifacts(MODEL_URI)
+    mlmodel = yaml.safe_load(Path(local, "MLmodel").read_text())
+    flavor = mlmodel["flavors"]["python_function"]
+    assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert "python_model" not in flavor  # no cloudpickled object
+    assert not [f for _, _, files in os.walk(local) for f in files if f.endswith((".pkl", ".pickle"))]
+    assert json.loads(mlmodel["signature"]["outputs"])[0]["name"] == "class"
+    assert os.path.isfile(os.path.join(local, "input_example.json"))
+
+
+def test_mlflow_models_serve_answers_with_class_names(trained, test_set, evaluate_predictions):
+    port = free_port()
+    server = start_in_own_group(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "models",
+            "serve",
+            "-m",
+            MODEL_URI,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        trained,
+        MLFLOW_TRACKING_URI=store_uri(trained),
+    )
+    try:
+        wait_for_line(server, r"Uvicorn running on|Listening at")  # ready once uvicorn says it is listening
+        body = json.dumps({"inputs": test_set[1].tolist()}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=300) as response:
+            answer = json.load(response)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    predictions = answer["predictions"]
+    assert [p["class"] for p in predictions] == evaluate_predictions
+    assert set(predictions[0]) == {"class", *test_set[3]}
+
+
+def test_comparison_shows_the_registered_version_and_champion(trained):
+    with open(trained / "reports" / "comparison.csv") as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    for model in ("cnn", "resnet34", "resnet18"):
+        assert rows[model]["registered_version"] == f"cifar10-{model} v1"
+        assert rows[model]["alias"] == "champion"
+    info = json.loads((trained / "models" / "cnn" / "mlflow_run.json").read_text())
+    assert info["registered_model"] == "cifar10-cnn" and info["version"] == 1
+    assert info["model_uri"].startswith("models:/m-")

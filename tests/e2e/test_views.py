@@ -1,0 +1,175 @@
+"""What a user looks at, opened in headless Chromium: `dvc plots show/diff` with the network blocked, and
+the `mlflow ui` that `make ui` starts on loopback, over the store of the two tiny DVC experiments.
+$VIEWS_SCREENSHOTS, if set, is a folder that receives a screenshot of each view (docs/ holds the README's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from mlflow import MlflowClient
+
+from helpers.processes import free_port, run, stage_env, wait_until
+
+MODELS = ["cnn", "resnet34", "resnet18"]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+GENAI_ONLY = ["Agent versions", "Judges", "Prompts", "Training runs"]  # sidebar entries of MLflow's GenAI mode
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
+]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def screenshot(page, name: str) -> None:
+    folder = os.environ.get("VIEWS_SCREENSHOTS")
+    if folder:
+        for button in page.get_by_role("button", name="Close", exact=True).all():  # MLflow's assistant panel
+            button.click()
+        page.screenshot(path=str(Path(folder) / name), full_page=True)
+
+
+def chart_facts(page) -> list[dict]:
+    """Per vega chart: its title, legend labels and the stroke colours of its lines."""
+    return page.evaluate("""() => [...document.querySelectorAll('svg.marks')].map(svg => ({
+        title: svg.querySelector('.role-title-text')?.textContent,
+        legend: [...svg.querySelectorAll('.role-legend-label text')].map(t => t.textContent),
+        strokes: [...new Set([...svg.querySelectorAll('.mark-line path')].map(p => p.getAttribute('stroke')))],
+    }))""")
+
+
+@pytest.mark.parametrize("command", [["show"], ["diff", "first", "second"]], ids=["show", "diff"])
+def test_dvc_plots_draw_every_chart_with_the_network_blocked(experiments, browser, tmp_path, command):
+    project = experiments[0]
+    out = tmp_path / "plots"
+    run(["dvc", "plots", *command, "-o", str(out)], project)
+    revisions = command[1:] or ["workspace"]
+
+    context = browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
+    requested: list[str] = []
+    context.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith("file:")
+            else (requested.append(route.request.url), route.abort())
+        ),
+    )
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto((out / "index.html").as_uri())
+    page.wait_for_function("document.querySelectorAll('svg.marks .mark-line path').length >= 6")
+    page.wait_for_function("[...document.images].every(img => img.complete)")
+
+    charts = chart_facts(page)
+    assert [c["title"] for c in charts] == ["Validation accuracy per epoch", "Train and validation loss per epoch"]
+    for chart in charts:
+        assert set(MODELS) <= set(chart["legend"]), chart
+        assert len(chart["strokes"]) == 3, chart  # one colour per model
+        for rev in revisions:
+            assert any(label.startswith(f"{rev} ") for label in chart["legend"]), (rev, chart)
+    assert {"train_loss", "val_loss"} <= {label.split()[-1] for label in charts[1]["legend"]}
+    loaded = page.evaluate("[...document.images].map(img => img.naturalWidth > 0)")
+    assert loaded == [True] * 3 * len(revisions)  # each model's confusion matrix per revision
+    assert errors == [] and requested == []
+    screenshot(page, f"dvc-plots-{command[0]}.png")
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(experiments, tmp_path_factory):
+    """What `make ui` starts, on a free loopback port; yields the address it prints."""
+    project = experiments[0]
+    log = tmp_path_factory.mktemp("mlflow-ui") / "ui.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cifar_pipeline.commands.ui", "--port", str(free_port())],
+            cwd=project,
+            env=stage_env(),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+
+        def started() -> bool:
+            return "Application startup complete" in log.read_text()  # a worker serves requests
+
+        wait_until(started, proc, "mlflow ui", log, timeout=120)
+        yield re.search(r"^Open (\S+)", log.read_text(), flags=re.M).group(1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+def base(address: str) -> str:
+    return address.split("/#/")[0]
+
+
+def test_mlflow_ui_shows_a_model_training_experiment_with_named_runs(mlflow_ui, browser):
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    assert mlflow_ui.endswith("/runs?workflowType=machine_learning"), mlflow_ui
+    page.goto(mlflow_ui)
+    page.get_by_text("cnn-first").first.wait_for()
+    sidebar = page.locator("nav").first.inner_text()
+    assert "Runs" in sidebar and not [entry for entry in GENAI_ONLY if entry in sidebar], sidebar
+    table = page.locator("body").inner_text()
+    for name in ["cnn-first", "resnet34-first", "resnet34-second", "resnet18-first", "comparison-second"]:
+        assert name in table
+    assert "cifar10 (" in table  # the dataset column
+    screenshot(page, "mlflow-runs.png")
+    page.close()
+
+
+def test_mlflow_compare_view_shows_the_confusion_matrices_of_different_models(experiments, mlflow_ui, browser):
+    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar10").experiment_id
+    runs = client.search_runs([experiment], "tags.dvc_exp_name = 'first' and tags.stage != 'compare'")
+    assert sorted(r.data.tags["model"] for r in runs) == sorted(MODELS)
+    ids = quote(json.dumps([r.info.run_id for r in runs]))
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.goto(
+        f"{base(mlflow_ui)}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment]))}"
+        "&workflowType=machine_learning"
+    )
+    page.get_by_text("confusion_matrix.png").first.wait_for()  # listed among the runs' common artifacts
+    for key in ["optimizer.lr", "epochs", "test/accuracy"]:  # params and metrics line up across models
+        assert page.get_by_text(key, exact=True).count() >= 1, key
+    screenshot(page, "mlflow-compare.png")
+    page.close()
+
+
+def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser):
+    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    [cnn] = client.search_runs(
+        [client.get_experiment_by_name("cifar10").experiment_id], "attributes.run_name = 'cnn-first'"
+    )
+    page = browser.new_page(viewport={"width": 1500, "height": 900})
+    page.goto(
+        f"{base(mlflow_ui)}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
+        "?workflowType=machine_learning"
+    )
+    page.get_by_text("test_per_class", exact=True).wait_for()
+    sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("body").inner_text().replace("\n(", " ("), flags=re.M)
+    assert sections[:4] == ["Train", "Val", "summary", "test"], sections
+    screenshot(page, "mlflow-run-metrics.png")
+    page.close()

@@ -1,0 +1,54 @@
+"""A training stage under a per-step schedule, stopped mid-epoch by SIGTERM, resumes to the same weights
+and the same logged lrs as an uninterrupted run."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import sys
+
+import pytest
+import torch
+from test_resume import assert_one_complete_run, final_weights, resumable  # noqa: F401
+
+from helpers.processes import run, sigterm_after, stage
+from helpers.project import read_params, write_params
+
+PER_STEP = {
+    "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
+    "scheduler": {"name": "onecycle", "pct_start": 0.3},
+    "label_smoothing": 0.1,
+    "augment": {"crop_padding": 4, "hflip": True, "rotation": 10.0, "cutout": 8},
+}
+
+
+def logged_lrs(project) -> list[str]:
+    with (project / "reports" / "history" / "cnn.csv").open() as fh:
+        return [row["lr"] for row in csv.DictReader(fh)]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_under_onecycle_resumes_exactly(resumable, tmp_path):  # noqa: F811
+    params = read_params(resumable)
+    params["cnn"].update(PER_STEP)
+    write_params(resumable, params)
+    run(["git", "commit", "-qam", "per-step schedule"], resumable)
+    reference = tmp_path / "reference"
+    shutil.copytree(resumable, reference, symlinks=True)
+    stage("train", "cnn", cwd=reference)
+    params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun ("epoch 1:" comes before that)
+    write_params(resumable, params)
+
+    out = sigterm_after(
+        [sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable, r"cnn epoch 2/", raw=True
+    )
+    assert re.search(r"checkpoint at epoch 2, step \d+", out), out
+
+    rerun = stage("train", "cnn", cwd=resumable)
+    assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
+    assert_one_complete_run(resumable)
+    assert logged_lrs(resumable) == logged_lrs(reference)
+    expected, actual = final_weights(reference), final_weights(resumable)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name

@@ -1,0 +1,150 @@
+"""Killed training resumes: same MLflow run, no duplicate steps, the same final weights."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import sys
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from cifar_pipeline.core.config import load_params
+from cifar_pipeline.core.data import md5sum
+from cifar_pipeline.tracking.run_metadata import epoch_metric
+from cifar_pipeline.training.stage import resume_key
+from helpers.processes import run, sigterm_after, stage, start_in_own_group, wait_for_line, wait_for_text
+from helpers.project import read_params, write_params
+
+EPOCHS = 4
+
+
+@pytest.fixture
+def resumable(project):
+    """The project with a deterministic 4-epoch CNN, data prepared."""
+    params = read_params(project)
+    params["runtime"]["deterministic"] = True
+    params["cnn"].update(epochs=EPOCHS, batch_size=16)
+    write_params(project, params)
+    run(["git", "commit", "-qam", "deterministic cnn"], project)
+    stage("download", cwd=project)
+    return project
+
+
+def cnn_runs(project):
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar10")
+    return client, client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
+
+
+def final_weights(project) -> dict[str, torch.Tensor]:
+    return torch.load(project / "models" / "cnn" / "last.pt", weights_only=True)["state_dict"]
+
+
+def assert_one_complete_run(project) -> None:
+    client, runs = cnn_runs(project)
+    assert len(runs) == 1
+    assert runs[0].info.status == "FINISHED"
+    for key in ("train_loss", "val_acc", "lr", "epoch_seconds"):
+        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, epoch_metric(key)))
+        assert steps == list(range(1, EPOCHS + 1)), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [r"epoch 2:", r"epoch 3:"])
+def test_sigkill_then_repro_resumes_to_identical_weights(resumable, tmp_path, kill_after):
+    reference = tmp_path / "reference"
+    shutil.copytree(resumable, reference, symlinks=True)
+    run(["dvc", "repro", "train_cnn"], reference)
+
+    proc = start_in_own_group(["dvc", "repro", "train_cnn"], resumable)
+    wait_for_line(proc, kill_after)  # the previous epoch's checkpoint is on disk; this one's is being written
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (resumable / "models" / "cnn" / "last.pt").exists()
+
+    rerun = run(["dvc", "repro", "train_cnn"], resumable)
+    assert re.search(r"resuming MLflow run \w+ after epoch [1-9]", rerun.stdout), rerun.stdout
+    assert_one_complete_run(resumable)
+    expected, actual = final_weights(reference), final_weights(resumable)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert not list((resumable / "state" / "resume").glob("*.pt")), "resume checkpoint left after success"
+
+
+@pytest.mark.slow
+def test_sigkill_right_after_start_resumes_the_started_run(resumable):
+    proc = start_in_own_group(["dvc", "repro", "train_cnn"], resumable)
+    lines = wait_for_line(proc, r"started MLflow run")  # printed once the first checkpoint is on disk
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    run_id = re.search(r"started MLflow run (\w+)", lines[-1]).group(1)
+
+    rerun = run(["dvc", "repro", "train_cnn"], resumable)
+
+    assert f"resuming MLflow run {run_id} after epoch 0" in rerun.stdout, rerun.stdout
+    assert_one_complete_run(resumable)
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_path):
+    reference = tmp_path / "reference"
+    shutil.copytree(resumable, reference, symlinks=True)
+    stage("train", "cnn", cwd=reference)
+    params = read_params(resumable)
+    params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun
+    write_params(resumable, params)
+
+    proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable)
+    wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
+    _, runs = cnn_runs(resumable)
+    assert [r.info.status for r in runs] == ["KILLED"]
+    assert len(list((resumable / "state" / "resume").glob("train_cnn-*.pt"))) == 1
+
+    rerun = stage("train", "cnn", cwd=resumable)
+    assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
+    assert_one_complete_run(resumable)
+    expected, actual = final_weights(reference), final_weights(resumable)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+
+
+def interrupt_after_first_epoch(project) -> None:
+    sigterm_after([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], project, r"epoch 1:")
+
+
+@pytest.mark.slow
+def test_changed_params_never_resume_an_old_run(resumable):
+    interrupt_after_first_epoch(resumable)
+    params = read_params(resumable)
+    params["cnn"]["optimizer"]["lr"] = 0.002
+    write_params(resumable, params)
+    rerun = stage("train", "cnn", cwd=resumable)
+    assert "resuming" not in rerun.stdout
+    _, runs = cnn_runs(resumable)
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "KILLED"]
+
+
+def test_corrupt_checkpoint_warns_and_starts_fresh(resumable):
+    params = read_params(resumable)
+    params["cnn"]["epochs"] = 1
+    write_params(resumable, params)
+    key = resume_key(
+        load_params(resumable / "params.yaml"), "cnn", torch.device("cpu"), md5sum(resumable / "data" / "cifar10.npz")
+    )
+    bad = resumable / "state" / "resume" / f"train_cnn-{key}.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PK\x03\x04 truncated")
+    result = stage("train", "cnn", cwd=resumable)
+    assert "unreadable" in result.stderr and "starting fresh" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "resuming" not in result.stdout
+    assert (resumable / "models" / "cnn" / "best.pt").is_file()
