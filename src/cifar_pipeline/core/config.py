@@ -56,7 +56,7 @@ class RuntimeParams(Strict):
     bf16: bool = True
     channels_last: bool = True
     cuda_graphs: bool = True
-    compile: bool = True
+    compile: bool = False
     cudnn_benchmark: bool = False
     deterministic: bool = False
     eval_batch_size: PositiveInt = 1024
