@@ -20,9 +20,7 @@ STAGES = [
     "train_cnn",
     "train_resnet34",
     "finetune_resnet18",
-    "evaluate@cnn",
-    "evaluate@resnet34",
-    "evaluate@resnet18",
+    "evaluate",
     "compare",
 ]
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
@@ -99,7 +97,7 @@ def assert_model_run(client: MlflowClient, r, name: str, project, head: str) -> 
 def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     project, first, second = experiments
     assert ran(first) == set(STAGES)
-    assert ran(second) == {"train_resnet34", "evaluate@resnet34", "compare"}
+    assert ran(second) == {"train_resnet34", "evaluate", "compare"}
     for path in [
         "data/cifar10.npz",
         "reports/comparison.md",
@@ -158,7 +156,7 @@ def test_progress_bars_and_mlflow_settings_rerun_nothing(experiments):
     project = experiments[0]
     original = (project / "params.yaml").read_text()
     params = read_params(project)
-    params["runtime"]["progress"] = not params["runtime"]["progress"]
+    params["progress"] = not params["progress"]
     params["mlflow"].update(experiment="renamed", system_metrics=True)
     write_params(project, params)
     try:
