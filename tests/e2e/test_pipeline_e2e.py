@@ -62,7 +62,7 @@ def assert_model_run(client: MlflowClient, r, name: str, project, head: str) -> 
     assert params["epochs"] == str(EPOCHS[name]) and params["seed"] == "42" and params["data.val_size"] == "100"
     assert params["runtime.device"] == "cpu" and params["runtime.torch"] == torch.__version__
     assert params["runtime.compile"] == "False" and params["runtime.bf16"] == "False"
-    assert "optimizer.momentum" not in params and "runtime.progress" not in params  # adam; no effect on results
+    assert "optimizer.momentum" not in params and "progress" not in params  # adam; no effect on results
     assert ("scheduler.step_size" in params) == (name == "cnn")  # only the CNN uses a step schedule
     assert not any(k.startswith(("cnn.", "resnet")) for k in params) and "None" not in params.values()
     assert int(params["params_total"]) >= int(params["params_trainable"]) > 0

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_recipe_features import lrs_per_step, stop_and_restore
 
 from cifar_pipeline.commands.recipes import merged
 from cifar_pipeline.core.config import load_params
@@ -16,6 +15,7 @@ from cifar_pipeline.engine.optim import current_lr
 from cifar_pipeline.engine.trainer import build_trainer
 from helpers.data import make_images
 from helpers.project import ROOT
+from helpers.training import lrs_per_step, stop_and_restore
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 

@@ -37,7 +37,7 @@ def test_sigterm_mid_epoch_under_onecycle_resumes_exactly(resumable, tmp_path): 
     reference = tmp_path / "reference"
     shutil.copytree(resumable, reference, symlinks=True)
     stage("train", "cnn", cwd=reference)
-    params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun ("epoch 1:" comes before that)
+    params["progress"] = True  # its bar tells when epoch 2 has begun ("epoch 1:" comes before that)
     write_params(resumable, params)
 
     out = sigterm_after(

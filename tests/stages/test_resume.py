@@ -96,7 +96,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_p
     shutil.copytree(resumable, reference, symlinks=True)
     stage("train", "cnn", cwd=reference)
     params = read_params(resumable)
-    params["runtime"]["progress"] = True  # its bar tells when epoch 2 has begun
+    params["progress"] = True  # its bar tells when epoch 2 has begun
     write_params(resumable, params)
 
     proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable)

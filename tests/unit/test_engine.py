@@ -12,23 +12,8 @@ from torch._dynamo.utils import counters
 
 from cifar_pipeline.core.config import RuntimeParams, load_params
 from cifar_pipeline.engine.device import Settings
-from cifar_pipeline.engine.loader import DeviceData
-from cifar_pipeline.engine.trainer import Trainer, build_trainer
 from helpers.project import ROOT
-
-
-def tiny_trainer(name: str, n_train: int, compile: bool = False, **model_updates) -> Trainer:
-    params = load_params(ROOT / "params.yaml")
-    cfg = params.model(name).model_copy(update={"batch_size": 8, **model_updates})
-    params = params.model_copy(update={name: cfg, "seed": 0})
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (n_train + 8, 32, 32, 3), dtype=torch.uint8).numpy()
-    labels = torch.randint(0, 10, (n_train + 8,)).numpy()
-    data = DeviceData.from_numpy(
-        images[:n_train], labels[:n_train], images[n_train:], labels[n_train:], torch.device("cpu")
-    )
-    settings = Settings(torch.device("cpu"), False, False, False, compile, 64, False)
-    return build_trainer(params, name, settings, data)
+from helpers.training import tiny_trainer
 
 
 def test_a_last_batch_of_one_image_is_dropped_not_fatal():
@@ -48,7 +33,7 @@ def test_every_optimizer_choice_trains(optimizer):
 
 
 def test_cuda_only_switches_stay_off_on_the_cpu():
-    settings = Settings.resolve(RuntimeParams(device="cpu"))  # bf16, channels_last, graphs, compile: all on
+    settings = Settings.resolve(RuntimeParams(device="cpu"), compile=True)  # bf16, channels_last, graphs: all on
     assert settings.device.type == "cpu"
     assert not (settings.bf16 or settings.channels_last or settings.cuda_graphs or settings.compile)
 
@@ -76,7 +61,7 @@ def test_compile_cache_lives_at_the_project_root_unless_the_user_chose_one(tmp_p
         env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / user_dir)
     code = (
         "import torch\n"  # torch fills the variable with its /tmp default on import
-        "from cifar_pipeline.environment import use_project_compile_cache\n"
+        "from cifar_pipeline.engine.device import use_project_compile_cache\n"
         "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
         "use_project_compile_cache()\nprint(cache_dir())"
     )

@@ -1,5 +1,5 @@
-"""Importing the package changes nothing in the process: the environment tweaks run only when an entry
-point calls them (cifar_pipeline.environment)."""
+"""Importing the package changes nothing in the process: what an entry point changes (the compile cache's
+folder, the GPU it claims) happens only when it runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cifar_pipeline.core import atomic
 from helpers.project import ROOT
 
 # In a fresh interpreter: import what the package's modules import at their top level, note the process
-# state, import every module of the package, and report what changed. mlflow_model.py is left out: MLflow
+# state, import every module of the package, and report what changed. serving/pyfunc.py is left out: MLflow
 # runs it to build the logged model, and registering that model on import is its one job.
 PROBE = r"""
 import ast, importlib, json, os, pathlib, pkgutil, sys

@@ -21,7 +21,7 @@ from cifar_pipeline.engine.models import (
     model_from_params,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

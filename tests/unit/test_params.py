@@ -192,7 +192,7 @@ def test_every_problem_is_reported_at_once():
         ("cnn.optimizer.lr", 0.01, True),
         ("seed", 7, True),
         ("runtime.deterministic", True, True),
-        ("runtime.progress", False, False),
+        ("progress", False, False),
         ("resnet34.optimizer.lr", 0.01, False),
         ("resnet18.epochs", 3, False),
     ],

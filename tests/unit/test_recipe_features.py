@@ -4,22 +4,19 @@ an exact mid-epoch resume under a per-step schedule, and one short training run 
 from __future__ import annotations
 
 import math
-import signal
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from test_engine import tiny_trainer
 
 from cifar_pipeline.commands.recipes import merged
 from cifar_pipeline.core.config import AugmentParams, load_params
-from cifar_pipeline.core.errors import Interrupted
-from cifar_pipeline.engine import checkpoint
 from cifar_pipeline.engine.augment import augment, cutout, random_rotation, rotate
 from cifar_pipeline.engine.models import SeedCNN, build_model
 from cifar_pipeline.engine.optim import current_lr
 from helpers.project import ROOT
+from helpers.training import lrs_per_step, stop_and_restore, tiny_trainer
 
 PARAMS = load_params(ROOT / "params.yaml")
 
@@ -147,30 +144,6 @@ def test_backbone_lr_gets_its_own_group_and_lr_scaling_applies_to_both():
     assert moved == {"layer3", "layer4", "fc"}
 
 
-class Recording:
-    """The trainer's own step, noting the lr each call uses; `after` runs after each call."""
-
-    def __init__(self, trainer, after=None):
-        self.inner, self.trainer, self.after, self.lrs = trainer.step, trainer, after, []
-        trainer.step = self
-
-    def __call__(self, x, y):
-        self.lrs.append(current_lr(self.trainer.optimizer))
-        self.inner(x, y)
-        if self.after:
-            self.after(len(self.lrs))
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def lrs_per_step(trainer, epochs: int) -> list[float]:
-    recording = Recording(trainer)
-    for epoch in range(1, epochs + 1):
-        trainer.train_epoch(epoch)
-    return recording.lrs
-
-
 def make_trainer(name: str, n_train: int, **section):
     """test_engine's tiny CPU trainer (batch 8) with `section` merged into the model's params and validated
     (the CNN tests use width 0.25: a quarter of the channels, the same code paths, 1/16 of the compute)."""
@@ -232,27 +205,6 @@ def test_label_smoothing_is_the_smoothed_cross_entropy_of_the_training_loss():
 
 
 # --- resume -----------------------------------------------------------------------------------------
-
-
-def stop_and_restore(first, make) -> tuple:
-    """Train `first` for an epoch and 2 steps of the next, stopped there by a SIGTERM as training.py is;
-    then a fresh trainer from make(), restored from the saved state as training.py does from the resume
-    checkpoint. Returns it and the Interrupted's cursor."""
-    first.train_epoch(1)
-
-    def stop_after_two(calls: int) -> None:
-        if calls == 2:
-            first.stop_signal = signal.SIGTERM
-
-    Recording(first, after=stop_after_two)
-    with pytest.raises(Interrupted) as stop:
-        first.train_epoch(2)
-    saved, rng = checkpoint.to_cpu(first.state()), checkpoint.rng_state()
-    torch.manual_seed(1234)  # a new process starts elsewhere
-    resumed = make()
-    resumed.load_state(saved)
-    checkpoint.set_rng_state(rng)
-    return resumed, stop.value.cursor
 
 
 def test_a_mid_epoch_resume_under_a_per_step_schedule_is_exact():

@@ -5,9 +5,9 @@
 runs `dvc exp run --temp -n NAME -S ++key=value ... evaluate`: the recipe's keys set on top of the
 workspace's params.yaml (checked against the schema first), in a temporary copy, so the workspace and
 its params.yaml stay as they are and one recipe never inherits another's settings. Only the recipe's
-model trains when the workspace's `dvc repro` trained the other two: DVC restores them from its run cache. `++` adds keys that
-params.yaml leaves at their schema default. Options after NAME go to `dvc exp run` (e.g. `-S seed=1`,
-`--queue`, `-f` to overwrite an experiment of the same name); `--print` shows the command instead.
+model trains when the workspace's `dvc repro` trained the other two (DVC restores them from its run cache).
+`++` adds keys that params.yaml leaves at their schema default. Options after NAME go to `dvc exp run` (e.g.
+`-S seed=1`, `--queue`, `-f` to overwrite an experiment of the same name); `--print` shows the command instead.
 """
 
 from __future__ import annotations

@@ -56,16 +56,9 @@ class RuntimeParams(Strict):
     bf16: bool = True
     channels_last: bool = True
     cuda_graphs: bool = True
-    compile: bool = False
     cudnn_benchmark: bool = False
     deterministic: bool = False
     eval_batch_size: PositiveInt = 1024
-
-    @property
-    def compiles(self) -> bool:
-        """Whether the train step is compiled on a CUDA device: deterministic runs never compile (compiled
-        kernels are chosen by timing when first compiled, so they can differ between caches)."""
-        return self.compile and not self.deterministic
 
     @field_validator("device")
     @classmethod
@@ -167,6 +160,7 @@ class ModelParams(Strict):
     normalize: NormalizeParams = NormalizeParams()
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training loss only
     tta: Literal["none", "flip"] = "none"  # inference (validation, test, serving): flip = average with the mirror image
+    compile: bool = False  # torch.compile the train step on a CUDA GPU (never with runtime.deterministic)
 
     @model_validator(mode="after")
     def _warmup_within_training(self) -> ModelParams:
@@ -287,7 +281,10 @@ def _quoted_value(value: object, kind: str) -> bool:
     return isinstance(parsed, wanted) and (kind == "bool_type" or not isinstance(parsed, bool))
 
 
-MOVED_KEYS = {"runtime.progress": "progress (top level)"}
+MOVED_KEYS = {
+    "runtime.progress": "progress (top level)",
+    "runtime.compile": "a model's own key (cnn.compile, resnet34.compile, resnet18.compile)",
+}
 
 
 def _describe(error: dict) -> str:

@@ -104,12 +104,13 @@ class Settings:
     progress: bool
 
     @classmethod
-    def resolve(cls, runtime: RuntimeParams, progress: bool = False) -> Settings:
-        """Pick the device, set the torch backends for it, and apply the CUDA-only switches."""
+    def resolve(cls, runtime: RuntimeParams, progress: bool = False, compile: bool = False) -> Settings:
+        """Pick the device, set the torch backends for it, and apply the CUDA-only switches. Deterministic runs
+        never compile: compiled kernels are chosen by timing when first compiled, so they can differ between caches."""
         device = pick_device(runtime.device)
         configure_backends(runtime.deterministic, runtime.cudnn_benchmark)
         cuda = device.type == "cuda"
-        compile = runtime.compiles and cuda
+        compile = compile and cuda and not runtime.deterministic
         return cls(
             device,
             runtime.bf16 and cuda,

@@ -47,7 +47,7 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     arrays = load_arrays(paths.DATA)
     split_indices(len(arrays.train_y), params.data.val_size, params.seed)
     opening = in_background(Tracker, params.mlflow)  # MLflow loads while CUDA starts and the data moves over
-    settings = Settings.resolve(params.runtime, params.progress)
+    settings = Settings.resolve(params.runtime, params.progress, params.model(name).compile)
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = opening()
     digest = data_md5()
