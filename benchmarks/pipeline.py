@@ -45,7 +45,7 @@ import yaml
 
 from cifar_pipeline.core import atomic
 from cifar_pipeline.core.paths import STAGES
-from cifar_pipeline.tracking.store import git_commit
+from cifar_pipeline.tracking.tags import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@
 - dataloader: the seed notebooks' way (torchvision DataLoader, PIL transforms, 2 workers, fp32 eager).
 
 Usage: python benchmarks/throughput.py [--params params.yaml] [--data data/cifar10.npz] [--out FILE]
-Speed claims live here and in docs/benchmarks.md, never in the test suite.
+Speed claims live here and in docs/performance.md, never in the test suite.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Choose the runtime defaults by measurement: for one model, time the first epoch (graph capture and
 cuDNN autotuning included) and the steady-state step for each mix of bf16 autocast and channels_last,
 with cudnn.benchmark on or off (one process each, since cuDNN caches its choices). Compile off
-(docs/benchmarks.md compares compile on and off).
+(docs/performance.md compares compile on and off).
 
 Usage: python benchmarks/variants.py MODEL --cudnn-benchmark {0,1} [--out FILE]
 """

@@ -1,4 +1,4 @@
-"""The team set-up of docs/team.md on loopback: the pipeline against `mlflow server` (PostgreSQL store, proxied
+"""The team set-up of docs/setup.md on loopback: the pipeline against `mlflow server` (PostgreSQL store, proxied
 S3 artifacts), a training stage killed mid-run and resumed into the same server run, and a DVC remote on the
 same object store that a fresh clone pulls from without rerunning anything."""
 

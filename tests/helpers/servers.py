@@ -141,7 +141,7 @@ def s3_server(workdir: Path) -> Iterator[str]:
 def mlflow_server(
     backend_uri: str, artifacts_destination: str, s3_endpoint: str, workdir: Path, ui_host: str
 ) -> Iterator[str]:
-    """`mlflow server` on a PostgreSQL store with proxied S3 artifacts, as docs/team.md starts it, with its UI
+    """`mlflow server` on a PostgreSQL store with proxied S3 artifacts, as docs/setup.md starts it, with its UI
     opened as http://<ui_host>:<port> (a name that, on a team, resolves to the server host)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -15,7 +15,8 @@ from cifar_pipeline.core.config import MlflowParams
 from cifar_pipeline.core.errors import TrainingError
 from cifar_pipeline.core.paths import project_root
 from cifar_pipeline.engine.device import explain_oom
-from cifar_pipeline.tracking.store import flatten, resolve_tracking_uri
+from cifar_pipeline.tracking.connection import resolve_tracking_uri
+from cifar_pipeline.tracking.tags import flatten
 from helpers.processes import run, stage_env
 
 WRITERS, STEPS = 4, 25

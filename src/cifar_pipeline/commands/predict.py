@@ -118,7 +118,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def tracking_uri(given: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the store ./params.yaml names; it must exist."""
-    from cifar_pipeline.tracking.store import resolve_tracking_uri, sqlite_path
+    from cifar_pipeline.tracking.connection import resolve_tracking_uri, sqlite_path
 
     if given:
         uri = given

@@ -24,7 +24,7 @@ import yaml
 from cifar_pipeline.core import cli, paths
 from cifar_pipeline.core.config import MODELS, parse_params
 from cifar_pipeline.core.errors import ParamsError
-from cifar_pipeline.tracking.store import flatten
+from cifar_pipeline.tracking.tags import flatten
 
 RECIPES_DIR = Path("recipes")
 

@@ -8,7 +8,7 @@ import os
 
 from cifar_pipeline.core import cli, paths
 from cifar_pipeline.core.config import load_params
-from cifar_pipeline.tracking.store import check_reachable, resolve_tracking_uri
+from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri
 
 
 def experiment_url(base: str, experiment_id: str | None) -> str:

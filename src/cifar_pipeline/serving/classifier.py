@@ -1,6 +1,6 @@
 """A trained model as users call it: images in, class names and probabilities out.
 
-Used by the predict CLI and by the MLflow model (mlflow_model.py), so both give the same answers.
+Used by the predict CLI and by the MLflow model (pyfunc.py), so both give the same answers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from cifar_pipeline.core import cli, paths
-from cifar_pipeline.tracking.store import Tracker, base_tags
+from cifar_pipeline.tracking.store import Tracker
+from cifar_pipeline.tracking.tags import base_tags
 
 
 def main() -> None:

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cifar_pipeline.core.config import MODELS, MlflowParams
-from cifar_pipeline.tracking.store import Tracker, retry_locked
+from cifar_pipeline.tracking.connection import retry_locked
+from cifar_pipeline.tracking.store import Tracker
 
 MODEL_NAME = "best_model"
 PACKAGE = Path(__file__).parents[1]  # the whole cifar_pipeline package travels with the model

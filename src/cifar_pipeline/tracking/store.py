@@ -2,185 +2,24 @@
 
 from __future__ import annotations
 
-import fcntl
-import getpass
-import os
-import socket
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
 
-from cifar_pipeline.core.config import MlflowParams, tracking_uri_problem
+from cifar_pipeline.core.config import MlflowParams
 from cifar_pipeline.core.errors import TrackingError
-from cifar_pipeline.core.paths import can_create_files_in, project_root
+from cifar_pipeline.tracking.connection import (
+    check_reachable,
+    resolve_tracking_uri,
+    retry_locked,
+    sqlite_path,
+    store_lock,
+)
+from cifar_pipeline.tracking.tags import PROCESS_TAG, flatten, process_alive, this_process
 
-T = TypeVar("T")
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-REACHABILITY_TIMEOUT_S = 5
-LOCK_RETRIES = 8
-PROCESS_TAG = "process"  # host:pid:start time of the process that has the run open
-
-
-def resolve_tracking_uri(cfg: MlflowParams, cwd: Path | None = None) -> str:
-    """$MLFLOW_TRACKING_URI, else params; a relative sqlite path is anchored at the project root."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
-    problem = tracking_uri_problem(uri)
-    if problem:  # params were validated already: this one came from the environment
-        raise TrackingError(f"$MLFLOW_TRACKING_URI = {uri!r} {problem}. Fix or unset it.")
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(project_root(cwd) / uri[len(prefix) :])
-    return uri
-
-
-def sqlite_path(uri: str) -> Path | None:
-    return Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
-
-
-def check_reachable(uri: str) -> None:
-    """Fail within seconds, before any training, if the tracking store can't be used."""
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=REACHABILITY_TIMEOUT_S):
-                return
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise TrackingError(
-                f"MLflow tracking server {uri} is unreachable ({reason}). Start it, or set "
-                "mlflow.tracking_uri in params.yaml (or $MLFLOW_TRACKING_URI) to a reachable store."
-            ) from None
-    db = sqlite_path(uri)
-    if db is not None:
-        check_sqlite_writable(uri, db)
-
-
-def check_sqlite_writable(uri: str, db: Path) -> None:
-    """The database file (if there) and its folder, or the nearest folder that exists, must be writable."""
-    fix = "set mlflow.tracking_uri (or $MLFLOW_TRACKING_URI) to sqlite:///<a writable path>.db"
-    if db.exists() and not db.is_file():
-        raise TrackingError(f"MLflow store {uri}: {db} is not a file; {fix}")
-    if db.exists() and not os.access(db, os.R_OK | os.W_OK):
-        raise TrackingError(f"MLflow store {uri}: {db} is read-only; make it writable (chmod u+w) or {fix}")
-    folder = db.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not can_create_files_in(folder):
-        raise TrackingError(f"MLflow store {uri}: folder {folder} is not a writable directory; {fix}")
-
-
-@contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """Serialise store creation/migration between processes sharing one SQLite file."""
-    db = sqlite_path(uri)
-    if db is None:
-        yield
-        return
-    db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def retry_locked(fn: Callable[[], T]) -> T:
-    """Retry an MLflow call that lost a SQLite write lock to a parallel process."""
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return fn()
-        except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
-            if "database is locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
-                raise
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
-
-
-def user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no login name and no passwd entry, as in some containers
-        return "unknown"
-
-
-def base_tags(stage: str) -> dict[str, str]:
-    """Tags every run gets: MLflow's source tags, its DVC stage and, inside `dvc exp run`, the experiment's
-    name (`dvc_exps` also gains the names of later experiments that reuse the run), its baseline commit and
-    the git ref that DVC gives the experiment's own commit when it finishes."""
-    tags = {
-        "stage": stage,
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": f"dvc.yaml:{stage}",
-        "mlflow.source.git.commit": git_commit(),
-        "mlflow.user": user(),
-    }
-    exp, baseline = os.environ.get("DVC_EXP_NAME"), os.environ.get("DVC_EXP_BASELINE_REV")
-    if exp:
-        tags.update(dvc_exp_name=exp, dvc_exps=exp)
-    if baseline:
-        tags["dvc_exp_baseline"] = baseline
-    if exp and baseline:
-        tags["dvc_exp_ref"] = f"refs/exps/{baseline[:2]}/{baseline[2:]}/{exp}"
-    return tags
-
-
-def flatten(d: Mapping, prefix: str = "") -> dict[str, object]:
-    flat: dict[str, object] = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def process_start_ticks(pid: int) -> str | None:
-    """When the process started, in clock ticks since boot (Linux /proc); None where that can't be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def this_process() -> str:
-    pid = os.getpid()
-    return f"{socket.gethostname()}:{pid}:{process_start_ticks(pid) or ''}"
-
-
-def process_alive(tag: str) -> bool:
-    """Whether the process a PROCESS_TAG names may still run (True whenever this host can't tell)."""
-    try:
-        host, pid_text, ticks = tag.rsplit(":", 2)
-        pid = int(pid_text)
-    except ValueError:
-        return True
-    if host != socket.gethostname():
-        return True
-    if ticks:  # the start time also tells a reused pid apart
-        return process_start_ticks(pid) == ticks
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True
 
 
 class Tracker:

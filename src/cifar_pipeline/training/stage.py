@@ -20,8 +20,10 @@ from cifar_pipeline.engine.models import check_weights_path
 from cifar_pipeline.engine.optim import effective_lrs
 from cifar_pipeline.engine.progress import EpochResult, RunProgress
 from cifar_pipeline.engine.trainer import Trainer, build_trainer
+from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri
 from cifar_pipeline.tracking.run_metadata import dataset, model_description, run_name, run_params
-from cifar_pipeline.tracking.store import Tracker, base_tags, check_reachable, flatten, resolve_tracking_uri
+from cifar_pipeline.tracking.store import Tracker
+from cifar_pipeline.tracking.tags import base_tags, flatten
 from cifar_pipeline.training.publish import parameter_counts, write_outputs
 from cifar_pipeline.training.recorder import Recorder
 
