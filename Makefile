@@ -18,8 +18,8 @@ repro: $(BIN)/.installed  ## the whole pipeline: download, train x3, evaluate x3
 test: $(BIN)/.installed  ## the whole suite, end-to-end runs included
 	$(BIN)/python -m pytest -q
 
-test-fast: $(BIN)/.installed  ## everything but the slow end-to-end runs
-	$(BIN)/python -m pytest -q -m "not slow"
+test-fast: $(BIN)/.installed  ## the unit and stage tests (tests/unit, tests/stages), without their slow runs
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/stages
 
 demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC experiment; the workspace stays as it was
 	dvc exp run --temp -n cpu-demo \

@@ -20,7 +20,9 @@ STAGES = [
     "train_cnn",
     "train_resnet34",
     "finetune_resnet18",
-    "evaluate",
+    "evaluate@cnn",
+    "evaluate@resnet34",
+    "evaluate@resnet18",
     "compare",
 ]
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
@@ -97,7 +99,7 @@ def assert_model_run(client: MlflowClient, r, name: str, project, head: str) -> 
 def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     project, first, second = experiments
     assert ran(first) == set(STAGES)
-    assert ran(second) == {"train_resnet34", "evaluate", "compare"}
+    assert ran(second) == {"train_resnet34", "evaluate@resnet34", "compare"}
     for path in [
         "data/cifar10.npz",
         "reports/comparison.md",

@@ -136,7 +136,10 @@ def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path,
     )
 
     result = json.loads((out / "pipeline.json").read_text())
-    expected = list(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"])
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    expected = [f"{n}@{i}" for n, s in stages.items() for i in s["foreach"]] + [
+        n for n, s in stages.items() if "foreach" not in s
+    ]
     for name in ("cold", "warm"):
         stages = result["runs"][name]["stages"]
         assert sorted(stages) == sorted(expected)

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from mlflow import MlflowClient
 from PIL import Image
 
 from cifar_pipeline.core.config import load_params
@@ -24,18 +25,15 @@ from cifar_pipeline.engine.augment import to_unit_float
 from cifar_pipeline.engine.device import Settings, predict
 from cifar_pipeline.reporting.evaluation import load_trained
 from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
-from helpers.project import make_project
 
 pytestmark = pytest.mark.slow
 MODEL_URI = "models:/cifar10-cnn@champion"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, archive, archive_md5):
-    """One project through `dvc repro`, shared by this file's tests."""
-    project = make_project(tmp_path_factory.mktemp("serving") / "project", archive, archive_md5)
-    run(["dvc", "repro"], project)
-    return project
+def trained(experiments):
+    """The suite's trained project (two DVC experiments; the second retrained ResNet-34)."""
+    return experiments[0]
 
 
 @pytest.fixture(scope="module")
@@ -198,9 +196,11 @@ def test_mlflow_models_serve_answers_with_class_names(trained, test_set, evaluat
 def test_comparison_shows_the_registered_version_and_champion(trained):
     with open(trained / "reports" / "comparison.csv") as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
-    for model in ("cnn", "resnet34", "resnet18"):
-        assert rows[model]["registered_version"] == f"cifar10-{model} v1"
-        assert rows[model]["alias"] == "champion"
+    client = MlflowClient(store_uri(trained))
+    for model, version in (("cnn", 1), ("resnet34", 2), ("resnet18", 1)):  # the second experiment: resnet34 v2
+        assert rows[model]["registered_version"] == f"cifar10-{model} v{version}"
+        champion = client.get_model_version_by_alias(f"cifar10-{model}", "champion").version
+        assert rows[model]["alias"] == ("champion" if int(champion) == version else f"champion is v{champion}")
     info = json.loads((trained / "models" / "cnn" / "mlflow_run.json").read_text())
     assert info["registered_model"] == "cifar10-cnn" and info["version"] == 1
     assert info["model_uri"].startswith("models:/m-")

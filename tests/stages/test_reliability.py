@@ -85,7 +85,7 @@ def test_broken_model_file_is_one_error(project, damage):
     )
     best.write_bytes(best.read_bytes()[:100_000] if damage == "truncate" else os.urandom(100_000))
 
-    result = stage("evaluate", cwd=project, check=False)
+    result = stage("evaluate", "cnn", cwd=project, check=False)
 
     assert_clean_failure(result, "best.pt is not a loadable cnn model file", "dvc repro -f train_cnn")
     assert not (project / "reports").exists() and not (project / "mlflow.db").exists()
@@ -96,7 +96,7 @@ def test_corrupt_run_info_is_one_error(project, content):
     (project / "models" / "cnn").mkdir(parents=True)
     (project / "models" / "cnn" / "mlflow_run.json").write_text(content)
 
-    result = stage("evaluate", cwd=project, check=False)
+    result = stage("evaluate", "cnn", cwd=project, check=False)
 
     assert_clean_failure(result, "mlflow_run.json", "dvc repro -f train_cnn")
 

@@ -98,7 +98,7 @@ def test_every_recipe_is_valid_and_changes_one_model(name):
     recipe = load(name, ROOT)
     assert recipe.model in name
     assert recipe.command()[:6] == ["dvc", "exp", "run", "--temp", "-n", name]
-    assert recipe.command()[-1] == "evaluate"
+    assert recipe.command()[-1] == f"evaluate@{recipe.model}"
 
 
 def test_the_required_recipes_exist():

@@ -2,10 +2,9 @@
 
     python -m cifar_pipeline.commands.recipes NAME [dvc exp run options...]
 
-runs `dvc exp run --temp -n NAME -S ++key=value ... evaluate`: the recipe's keys set on top of the
+runs `dvc exp run --temp -n NAME -S ++key=value ... evaluate@MODEL`: the recipe's keys set on top of the
 workspace's params.yaml (checked against the schema first), in a temporary copy, so the workspace and
-its params.yaml stay as they are and one recipe never inherits another's settings. Only the recipe's
-model trains when the workspace's `dvc repro` trained the other two (DVC restores them from its run cache).
+its params.yaml stay as they are and one recipe never inherits another's settings; only its model trains.
 `++` adds keys that params.yaml leaves at their schema default. Options after NAME go to `dvc exp run` (e.g.
 `-S seed=1`, `--queue`, `-f` to overwrite an experiment of the same name); `--print` shows the command instead.
 """
@@ -40,7 +39,7 @@ class Recipe:
         return [arg for key, value in flatten(self.changes).items() for arg in ("-S", f"++{key}={hydra(value)}")]
 
     def command(self, extra: list[str] = ()) -> list[str]:
-        return ["dvc", "exp", "run", "--temp", "-n", self.name, *self.overrides(), *extra, "evaluate"]
+        return ["dvc", "exp", "run", "--temp", "-n", self.name, *self.overrides(), *extra, f"evaluate@{self.model}"]
 
 
 def hydra(value: object) -> str:

@@ -51,7 +51,7 @@ def build_table(params: Params, champions: dict[str, str]) -> pd.DataFrame:
     for name in MODELS:
         stage = paths.STAGES[name]
         train = paths.read_json(paths.train_summary(name), stage, *TRAIN_KEYS)
-        test = paths.read_json(paths.eval_dir(name) / "metrics.json", "evaluate", "accuracy", "macro_f1")
+        test = paths.read_json(paths.eval_dir(name) / "metrics.json", f"evaluate@{name}", "accuracy", "macro_f1")
         run = paths.read_json(paths.run_info(name), stage, "run_id")
         rows.append(
             {

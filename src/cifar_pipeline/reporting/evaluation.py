@@ -1,4 +1,4 @@
-"""Test-set evaluation of the trained models, each logged into the MLflow run that trained it."""
+"""Test-set evaluation of a trained model, logged into the MLflow run that trained it."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from cifar_pipeline.core import atomic, paths
-from cifar_pipeline.core.config import MODELS, Params
+from cifar_pipeline.core.config import Params
 from cifar_pipeline.core.data import in_background, load_arrays, md5sum
 from cifar_pipeline.core.errors import DataError
 from cifar_pipeline.engine.augment import to_unit_float
@@ -29,42 +29,29 @@ def load_trained(name: str) -> torch.nn.Module:
         ) from None
 
 
-def evaluate(params: Params) -> dict[str, dict]:
-    """Evaluate the three models in one process (its imports paid once); returns each one's metrics."""
-    paths.check_writable(*(paths.eval_dir(m) for m in MODELS))
-    runs, models = {}, {}
-    for m in MODELS:  # broken inputs fail before the store is touched
-        runs[m] = paths.read_json(paths.run_info(m), paths.STAGES[m], "run_id")["run_id"]
-        models[m] = load_trained(m)
+def evaluate(params: Params, name: str) -> dict:
+    run = paths.read_json(paths.run_info(name), paths.STAGES[name], "run_id")
+    paths.check_writable(paths.eval_dir(name))
+    model = load_trained(name)  # broken inputs fail before the store is touched
     data_md5 = in_background(md5sum, paths.DATA)
     data = load_arrays(paths.DATA)
-    opening = in_background(Tracker, params.mlflow)  # MLflow loads while CUDA starts and the models run
+    opening = in_background(Tracker, params.mlflow)  # MLflow loads while the model is evaluated
     settings = Settings.resolve(params.runtime)
-    scores = {m: _test_metrics(_on_device(model, settings), data, settings, m) for m, model in models.items()}
-    tracker = opening()
-    for run_id in runs.values():  # every run is there before any report is written
-        tracker.attach(run_id)
-    test_set = dataset(params, data, data_md5())
-    for name, (result, cm, curves) in scores.items():
-        tracker.attach(runs[name])  # the run keeps its training status and duration
-        _write_and_log(name, result, cm, curves, data.classes, tracker, test_set)
-    return {m: result for m, (result, _, _) in scores.items()}
-
-
-def _on_device(model: torch.nn.Module, settings: Settings) -> torch.nn.Module:
     model.to(settings.device)
-    return model.to(memory_format=torch.channels_last) if settings.channels_last else model
-
-
-def _write_and_log(name: str, result: dict, cm, curves: dict, classes: list[str], tracker: Tracker, test_set) -> None:
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    result, cm, curves = _test_metrics(model, data, settings, name)
+    tracker = opening()
+    tracker.attach(run["run_id"])  # the run keeps its training status and duration
     out = paths.eval_dir(name)
     atomic.write_json(out / "metrics.json", result)
-    metrics.write_confusion_csv(cm, classes, out / "confusion_matrix.csv")
+    metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")
     metrics.write_confusion_png(
-        cm, classes, f"{name}: test accuracy {result['accuracy']:.2%}", out / "confusion_matrix.png"
+        cm, data.classes, f"{name}: test accuracy {result['accuracy']:.2%}", out / "confusion_matrix.png"
     )
     roc.write_csv(curves, out / "roc.csv")
     roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
+    test_set = dataset(params, data, data_md5())
     tracker.log_model_metrics({f"test/{k}": v for k, v in result.items() if k != "per_class"}, test_set)
     tracker.log_metrics(
         {
@@ -75,6 +62,7 @@ def _write_and_log(name: str, result: dict, cm, curves: dict, classes: list[str]
     tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view shows it across runs
     for file in ("metrics.json", "confusion_matrix.csv", "roc.csv", "roc.png"):
         tracker.log_artifact(out / file, "evaluation")
+    return result
 
 
 def _test_metrics(model: torch.nn.Module, data, settings: Settings, name: str) -> tuple[dict, np.ndarray, dict]:

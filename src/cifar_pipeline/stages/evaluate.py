@@ -1,5 +1,4 @@
-"""Stage `evaluate`: each model's test-set metrics, confusion matrix and ROC, logged into the MLflow run that
-trained it. One process evaluates the three models, so torch, MLflow and matplotlib load once."""
+"""Stage `evaluate@<model>`: test-set metrics, confusion matrix, logged into the model's MLflow run."""
 
 from __future__ import annotations
 
@@ -7,12 +6,12 @@ from cifar_pipeline.core import cli
 
 
 def main() -> None:
-    params = cli.parse_args(__doc__, per_model=False)[0]
+    params, model = cli.parse_args(__doc__, per_model=True)
 
     from cifar_pipeline.reporting.evaluation import evaluate
 
-    for model, result in evaluate(params).items():
-        print(f"evaluate {model}: test accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}")
+    result = evaluate(params, model)
+    print(f"evaluate {model}: test accuracy {result['accuracy']:.4f}, macro F1 {result['macro_f1']:.4f}")
 
 
 if __name__ == "__main__":

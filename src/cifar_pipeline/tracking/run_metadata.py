@@ -42,7 +42,7 @@ def model_description(name: str, stage: str) -> str:
     where = f"DVC experiment `{exp}` at commit `{git_commit()[:7]}`" if exp else f"commit `{git_commit()[:7]}`"
     return (
         f"**{name}**, trained by the DVC stage `{stage}` ({where}). Curves: `Train/`, `Val/` per epoch; "
-        f"`test/` comes from the `evaluate` stage on the test split and is linked to the logged model."
+        f"`test/` comes from `evaluate@{name}` on the test split and is linked to the logged model."
     )
 
 
