@@ -113,6 +113,13 @@ BAD_PARAMS = [
     bad("resnet34.batch_size", -1, "resnet34.batch_size must be >= 2, got -1"),
     bad("cnn.batch_size", 1, "cnn.batch_size must be >= 2, got 1"),  # BatchNorm can't train on one image
     bad("cnn.batch_size", "32", "cnn.batch_size must be an integer, got '32' (a string: remove the quotes)"),
+    pytest.param(  # PyYAML's dump leaves 1e-3 unquoted (a string in YAML 1.1): the quotes are written here
+        (ROOT / "params.yaml").read_text().replace("lr: 0.001,", 'lr: "1e-3",', 1),
+        "cnn.optimizer.lr must be a number, got '1e-3' (a string: remove the quotes)",
+        id="cnn.optimizer.lr='1e-3'",
+    ),
+    bad("runtime.progress", False, "`runtime.progress` moved: write it as `progress` at the top level"),
+    bad("runtime.compile", True, "`runtime.compile` moved: write it as each model's own `compile` (`cnn.compile`"),
     bad("seed", True, "seed must be an integer, got True"),
     bad("seed", 2**32, "seed must be <= 4294967295, got 4294967296"),
     bad("runtime.bf16", 1, "runtime.bf16 must be true or false, got 1"),
@@ -165,6 +172,15 @@ BAD_PARAMS = [
     ),
     pytest.param(None, "params.yaml not found", id="no-file"),
 ]
+
+
+@pytest.mark.parametrize("written, value", [("5e-05", 5e-05), ("1e-3", 1e-3), ("2E-1", 0.2), ("1.5e-4", 1.5e-4)])
+def test_numbers_in_exponent_form_are_numbers_as_dvc_writes_them(tmp_path, written, value):
+    """`dvc exp run -S cnn.optimizer.lr=0.00005` writes `lr: 5e-05` (YAML 1.2); YAML 1.1 would read a string."""
+    text = (ROOT / "params.yaml").read_text().replace("lr: 0.001,", f"lr: {written},", 1)
+    assert f"lr: {written}," in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").cnn.optimizer.lr == value
 
 
 @pytest.mark.parametrize("text, message", BAD_PARAMS)

@@ -18,9 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from cifar_pipeline.core import cli, paths
+from cifar_pipeline.core import cli, paths, yaml12
 from cifar_pipeline.core.config import MODELS, parse_params
 from cifar_pipeline.core.errors import ParamsError
 from cifar_pipeline.tracking.tags import flatten
@@ -65,11 +63,11 @@ def load(name: str, root: Path = Path(".")) -> Recipe:
     path = root / RECIPES_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ParamsError(f"no recipe {name!r}: {path} not found; recipes here: {', '.join(available(root)) or 'none'}")
-    changes = yaml.safe_load(path.read_text())
+    changes = yaml12.load(path.read_text())
     models = [m for m in MODELS if m in (changes or {})] if isinstance(changes, dict) else []
     if len(models) != 1:
         raise ParamsError(f"{path} must change exactly one of the sections {', '.join(MODELS)}; found {models}")
-    base = yaml.safe_load((root / paths.PARAMS).read_text())
+    base = yaml12.load((root / paths.PARAMS).read_text())
     parse_params(merged(base, changes), f"{paths.PARAMS} with {path}")
     return Recipe(name, models[0], changes)
 

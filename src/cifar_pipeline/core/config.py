@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from cifar_pipeline.core import yaml12
 from cifar_pipeline.core.errors import ParamsError
 from cifar_pipeline.core.param_errors import describe
 
@@ -260,7 +261,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml12.load(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path} is not valid YAML: {exc}") from None
     return parse_params(raw, str(path))

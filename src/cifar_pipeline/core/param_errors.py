@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import difflib
 
-import yaml
 from pydantic import BaseModel
+
+from cifar_pipeline.core import yaml12
 
 
 def _schema_keys(model: type[BaseModel] | None) -> list[str]:
@@ -39,14 +40,14 @@ def _quoted_value(value: object, kind: str) -> bool:
     """Whether value is a string that, unquoted, would be what kind asks for (`"32"` for an integer)."""
     if not isinstance(value, str) or kind == "string_type":
         return False
-    parsed = yaml.safe_load(value) if value.strip() else None
+    parsed = yaml12.load(value) if value.strip() else None
     wanted = {"int_type": int, "float_type": (int, float), "bool_type": bool}.get(kind, ())
     return isinstance(parsed, wanted) and (kind == "bool_type" or not isinstance(parsed, bool))
 
 
 MOVED_KEYS = {
-    "runtime.progress": "progress (top level)",
-    "runtime.compile": "a model's own key (cnn.compile, resnet34.compile, resnet18.compile)",
+    "runtime.progress": "`progress` at the top level",
+    "runtime.compile": "each model's own `compile` (`cnn.compile`, `resnet34.compile`, `resnet18.compile`)",
 }
 
 
@@ -58,7 +59,7 @@ def describe(error: dict, root: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         if path in MOVED_KEYS:
-            return f"`{path}` moved: write it as `{MOVED_KEYS[path]}`"
+            return f"`{path}` moved: write it as {MOVED_KEYS[path]}"
         valid = _schema_keys(_model_at(root, loc))
         close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
         hint = f" (did you mean `{close[0]}`?)" if close else ""

@@ -25,9 +25,12 @@ def use_project_compile_cache() -> None:
     experiments reuse compiled kernels. A TORCHINDUCTOR_CACHE_DIR set by the user wins, unless it is
     torch's own default (<tempdir>/torchinductor_<user>), which torch puts into that variable on import."""
     current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    torch_default = current and Path(current).name.startswith("torchinductor_")
-    if current is None or (torch_default and Path(current).parent.resolve() == Path(tempfile.gettempdir()).resolve()):
+    if current is None or _is_torch_default(Path(current)):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(project_root() / COMPILE_CACHE_DIR)
+
+
+def _is_torch_default(folder: Path) -> bool:
+    return folder.name.startswith("torchinductor_") and folder.parent.resolve() == Path(tempfile.gettempdir()).resolve()
 
 
 @contextmanager

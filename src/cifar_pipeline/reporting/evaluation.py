@@ -31,12 +31,12 @@ def load_trained(name: str) -> torch.nn.Module:
 
 def evaluate(params: Params, name: str) -> dict:
     run = paths.read_json(paths.run_info(name), paths.STAGES[name], "run_id")
+    settings = Settings.resolve(params.runtime)
     paths.check_writable(paths.eval_dir(name))
     model = load_trained(name)  # broken inputs fail before the store is touched
     data_md5 = in_background(md5sum, paths.DATA)
     data = load_arrays(paths.DATA)
     opening = in_background(Tracker, params.mlflow)  # MLflow loads while the model is evaluated
-    settings = Settings.resolve(params.runtime)
     model.to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)

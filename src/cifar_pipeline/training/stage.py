@@ -44,12 +44,12 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     if name == "resnet18" and params.resnet18.weights_path:
         check_weights_path(params.resnet18)
     check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
+    settings = Settings.resolve(params.runtime, params.progress, params.model(name).compile)
     # Broken data or too few training images fail before the tracking store is touched.
     data_md5 = in_background(md5sum, paths.DATA)
     arrays = load_arrays(paths.DATA)
     split_indices(len(arrays.train_y), params.data.val_size, params.seed)
-    opening = in_background(Tracker, params.mlflow)  # MLflow loads while CUDA starts and the data moves over
-    settings = Settings.resolve(params.runtime, params.progress, params.model(name).compile)
+    opening = in_background(Tracker, params.mlflow)  # MLflow loads while the data moves to the device
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
     tracker = opening()
     digest = data_md5()
