@@ -81,7 +81,10 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
         "torch": "2.x",
         "torch_bytecode_cached": False,
         "command": "c",
-        "runs": {"cold": {"wall": 12.0, "stages": stages}, "warm": {"wall": 10.0, "stages": stages}},
+        "runs": {
+            "cold": {"wall": 12.0, "stages": stages, "processes_left_after_1s": []},
+            "warm": {"wall": 10.0, "stages": stages, "processes_left_after_1s": ["1 python -m cifar_pipeline.x"]},
+        },
     }
     pipeline.record(result, results)
     merged = json.loads(results.read_text())
@@ -90,6 +93,7 @@ def test_record_merges_into_the_same_commits_run_else_adds_a_newer_one(tmp_path)
     assert merged["pipeline_stage_wall_seconds"]["warm"] == {"download": 1.0, "train_cnn": 9.0}
     assert merged["pipeline_train_seconds"]["cold"] == {"train_cnn": 5.0}
     assert merged["pipeline_torch_bytecode_cached"] is False
+    assert merged["pipeline_processes_left_after_1s"] == {"cold": [], "warm": ["1 python -m cifar_pipeline.x"]}
 
     pipeline.record({**result, "commit": "def"}, results)
     newer = json.loads(results.read_text())
@@ -136,10 +140,9 @@ def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path,
     )
 
     result = json.loads((out / "pipeline.json").read_text())
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    expected = [f"{n}@{i}" for n, s in stages.items() for i in s["foreach"]] + [
-        n for n, s in stages.items() if "foreach" not in s
-    ]
+    expected = []
+    for stage, spec in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"].items():
+        expected += [f"{stage}@{item}" for item in spec["foreach"]] if "foreach" in spec else [stage]
     for name in ("cold", "warm"):
         stages = result["runs"][name]["stages"]
         assert sorted(stages) == sorted(expected)
