@@ -15,7 +15,7 @@ stage's process starts and ends, into: DVC before the process, the process's sta
 init, data load, MLflow store, up to "started MLflow run" in a training stage), training (from
 reports/train/<model>.json), writing outputs, publishing the model (log_model and registration, as the
 stage prints it), process exit, and DVC after the process (hashing outputs, caching them, dvc.lock).
-A probe then times, each in a fresh process: the interpreter's start, `import` of torch, torchvision,
+After the last run a probe times, each in a fresh process: the interpreter's start, `import` of torch, torchvision,
 mlflow and matplotlib, CUDA's initialisation, opening the MLflow store, and loading and hashing the
 prepared data (--no-probe skips it). --profile runs every stage under pyinstrument.
 
@@ -328,14 +328,18 @@ def measure(
 
 
 def leftover_processes(repo: Path) -> list[str]:
-    """The command lines of processes that run in the copy or its code (`ps` one second after the run)."""
+    """`pid args` of each process that runs in the copy or names it (`ps` one second after the run)."""
     rows = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
-    me = os.getpid()
-    return [
-        row.strip()
-        for row in rows.splitlines()
-        if (str(repo) in row or "cifar_pipeline" in row) and int(row.split()[0]) != me and " ps -eo" not in row
-    ]
+    left = []
+    for row in rows.splitlines():
+        pid = row.split()[0]
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:  # gone meanwhile, or not ours to read
+            cwd = ""
+        if int(pid) != os.getpid() and (str(repo) in row or Path(cwd).is_relative_to(repo)):
+            left.append(row.strip())
+    return left
 
 
 def round_all(entry: dict) -> dict:
@@ -474,7 +478,8 @@ def main() -> None:
             )
         for name in args.runs:  # written after each run, so a run cut short keeps the ones before it
             print(f"pipeline benchmark: {name} run in {repo}", flush=True)
-            result["runs"][name] = measure(repo, env, name, out_dir, processes, args.profile, not args.no_probe)
+            probe_now = not args.no_probe and name == args.runs[-1]
+            result["runs"][name] = measure(repo, env, name, out_dir, processes, args.profile, probe_now)
             atomic.write_json(out_dir / "pipeline.json", result)
             report = table(result)
             atomic.write_text(out_dir / "pipeline.md", report + "\n")

@@ -153,7 +153,8 @@ def test_pipeline_benchmark_times_every_stage_of_a_cold_and_a_warm_run(tmp_path,
                 assert {"start_up", "training", "outputs", "publish"} <= parts.keys() and entry["train_seconds"] > 0
             else:
                 assert "run" in parts
-        assert set(result["runs"][name]["probe"]) >= {"import_torch", "import_mlflow", "mlflow_store_open"}
+        probed = set(result["runs"][name]["probe"])
+        assert probed >= {"import_torch", "import_mlflow", "mlflow_store_open"} if name == "warm" else not probed
         assert result["runs"][name]["processes_left_after_1s"] == []
     recorded = json.loads(results.read_text())
     assert set(recorded["pipeline_wall_seconds"]) == {"cold", "warm"}
