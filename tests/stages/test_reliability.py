@@ -91,6 +91,18 @@ def test_broken_model_file_is_one_error(project, damage):
     assert not (project / "reports").exists() and not (project / "mlflow.db").exists()
 
 
+@pytest.mark.slow
+def test_evaluating_a_run_deleted_in_mlflow_is_one_error_and_writes_nothing(small):
+    stage("train", "cnn", cwd=small)
+    run_id = json.loads((small / "models" / "cnn" / "mlflow_run.json").read_text())["run_id"]
+    MlflowClient(store(small)).delete_run(run_id)
+
+    result = stage("evaluate", "cnn", cwd=small, check=False)
+
+    assert_clean_failure(result, f"MLflow run {run_id} was deleted", "mlflow runs restore", "dvc repro -f train_cnn")
+    assert not (small / "reports" / "eval").exists()
+
+
 @pytest.mark.parametrize("content", ["{not json", '{"experiment_id": "1"}'])
 def test_corrupt_run_info_is_one_error(project, content):
     (project / "models" / "cnn").mkdir(parents=True)

@@ -42,7 +42,7 @@ def evaluate(params: Params, name: str) -> dict:
         model.to(memory_format=torch.channels_last)
     result, cm, curves = _test_metrics(model, data, settings, name)
     tracker = opening()
-    tracker.attach(run["run_id"])  # the run keeps its training status and duration
+    tracker.attach(run["run_id"], paths.STAGES[name])  # before any report; the run keeps its status and duration
     out = paths.eval_dir(name)
     atomic.write_json(out / "metrics.json", result)
     metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")

@@ -81,7 +81,7 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.client.log_batch(self.run_id, params=items[i : i + 100], synchronous=True)
 
-    def attach(self, run_id: str):
+    def attach(self, run_id: str, stage: str = "<training stage>"):
         """Log into an existing run from here on, leaving its status and end time as they are."""
         from mlflow.exceptions import MlflowException
 
@@ -91,8 +91,14 @@ class Tracker:
             raise TrackingError(
                 f"MLflow run {run_id} is not in the store {self.uri} ({exc.message}). Point "
                 "mlflow.tracking_uri (or $MLFLOW_TRACKING_URI) at the store it was logged to, "
-                "or retrain with `dvc repro -f <training stage>`."
+                f"or retrain with `dvc repro -f {stage}`."
             ) from None
+        if run.info.lifecycle_stage == "deleted":
+            raise TrackingError(
+                f"MLflow run {run_id} was deleted in the store {self.uri}. Restore it with "
+                f"`MLFLOW_TRACKING_URI={self.uri} mlflow runs restore --run-id {run_id}`, "
+                f"or retrain with `dvc repro -f {stage}`."
+            )
         self.run_id = run.info.run_id
         return run
 
