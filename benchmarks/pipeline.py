@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from cifar_pipeline.core import atomic
+from cifar_pipeline.core import atomic, yaml12
 from cifar_pipeline.core.paths import STAGES
 from cifar_pipeline.tracking.tags import git_commit
 
@@ -121,7 +121,7 @@ def set_param(params: dict, dotted: str, value: str) -> None:
     node = params
     for key in parents:
         node = node.setdefault(key, {})
-    node[leaf] = yaml.safe_load(value)
+    node[leaf] = yaml12.load(value)
 
 
 def project_files(root: Path) -> list[str]:
@@ -141,7 +141,7 @@ def make_copy(work: Path, overrides: list[str], archive: Path | None) -> Path:
     for name in project_files(ROOT):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params = yaml12.load((repo / "params.yaml").read_text())
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep:
@@ -373,7 +373,7 @@ def table(result: dict) -> str:
         for stage, entry in result["runs"][r]["stages"].items():
             parts = entry.get("parts", {})
             lines.append(f"| {stage} | " + " | ".join(f"{parts[p]:.2f}" if p in parts else "" for p in PARTS) + " |")
-        left = result["runs"][r].get("processes_left_after_1s", [])
+        left = result["runs"][r]["processes_left_after_1s"]
         lines += ["", f"Processes of the project 1 s after the {r} run: {'; '.join(left) if left else 'none'}"]
         probe_cells = ", ".join(f"{k} {v:.2f}" for k, v in result["runs"][r]["probe"].items())
         if probe_cells:

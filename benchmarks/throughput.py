@@ -133,15 +133,14 @@ def main() -> None:
     args = parser.parse_args()
 
     params = load_params(args.params)
-    settings = Settings.resolve(params.runtime)
-    device = settings.device
+    device = Settings.resolve(params.runtime).device
     data = load_arrays(args.data)
     device_data = DeviceData.split(data, params.data.val_size, params.seed, device)
     train_idx, _ = split_indices(len(data.train_y), params.data.val_size, params.seed)  # for the DataLoader
     results = {}
     for name in args.models:
         cfg = params.model(name)
-        settings.compile = cfg.compile and device.type == "cuda" and not params.runtime.deterministic  # as the stage
+        settings = Settings.resolve(params.runtime, compile=cfg.compile)  # as the stage; the same GPU each time
         trainer = build_trainer(params, name, settings, device_data)
         row = project_img_per_s(trainer)
         floor_trainer = build_trainer(params, name, settings, device_data)

@@ -16,7 +16,6 @@ def test_dvc_exp_run_with_a_learning_rate_below_1e_4_trains(project):
     assert "lr: 5e-05" in (project / "params.yaml").read_text()  # DVC wrote the exponent form
     assert yaml12.load((project / "params.yaml").read_text())["cnn"]["optimizer"]["lr"] == 5e-05
     assert "train_cnn: best val_acc" in result.stdout
-    [trained] = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_runs(
-        [e.experiment_id for e in MlflowClient(f"sqlite:///{project / 'mlflow.db'}").search_experiments()]
-    )
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    [trained] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert float(trained.data.params["optimizer.lr"]) == 5e-05

@@ -10,7 +10,7 @@ import torch
 
 from cifar_pipeline.core import paths
 from cifar_pipeline.core.config import Params, load_params
-from cifar_pipeline.core.data import in_background, load_arrays, md5sum, split_indices
+from cifar_pipeline.core.data import in_background, load_arrays, md5sum
 from cifar_pipeline.core.errors import Diverged, Interrupted, ParamsError
 from cifar_pipeline.core.paths import check_writable, project_root
 from cifar_pipeline.engine import checkpoint
@@ -35,6 +35,7 @@ def resume_key(params: Params, name: str, device: torch.device, data_md5: str) -
 
 def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
+    settings = Settings.resolve(params.runtime, params.progress, params.model(name).compile)
     check_writable(
         paths.model_dir(name),
         paths.train_summary(name).parent,
@@ -44,14 +45,11 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     if name == "resnet18" and params.resnet18.weights_path:
         check_weights_path(params.resnet18)
     check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
-    settings = Settings.resolve(params.runtime, params.progress, params.model(name).compile)
     # Broken data or too few training images fail before the tracking store is touched.
     data_md5 = in_background(md5sum, paths.DATA)
     arrays = load_arrays(paths.DATA)
-    split_indices(len(arrays.train_y), params.data.val_size, params.seed)
-    opening = in_background(Tracker, params.mlflow)  # MLflow loads while the data moves to the device
     data = DeviceData.split(arrays, params.data.val_size, params.seed, settings.device)
-    tracker = opening()
+    tracker = Tracker(params.mlflow)
     digest = data_md5()
     key = resume_key(params, name, settings.device, digest)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
