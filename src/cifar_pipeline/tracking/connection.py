@@ -74,7 +74,8 @@ def check_sqlite_writable(uri: str, db: Path) -> None:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Serialise store creation/migration between processes sharing one SQLite file."""
+    """Serialise store creation/migration, and the `champion` alias's read-then-move, between processes sharing
+    one SQLite file."""
     db = sqlite_path(uri)
     if db is None:
         yield

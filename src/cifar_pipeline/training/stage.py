@@ -21,7 +21,14 @@ from cifar_pipeline.engine.optim import effective_lrs
 from cifar_pipeline.engine.progress import EpochResult, RunProgress
 from cifar_pipeline.engine.trainer import Trainer, build_trainer
 from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri
-from cifar_pipeline.tracking.run_metadata import dataset, model_description, run_name, run_params
+from cifar_pipeline.tracking.run_metadata import (
+    SPLIT_TAG,
+    dataset,
+    model_description,
+    run_name,
+    run_params,
+    validation_split,
+)
 from cifar_pipeline.tracking.store import Tracker
 from cifar_pipeline.tracking.tags import base_tags, flatten
 from cifar_pipeline.training.publish import parameter_counts, write_outputs
@@ -155,6 +162,7 @@ class StageRun:
         tags = {
             **base_tags(self.stage),
             "model": self.name,
+            SPLIT_TAG: validation_split(self.params, self.training_set.digest),
             "mlflow.note.content": model_description(self.name, self.stage),
         }
         logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
