@@ -59,9 +59,11 @@ def publish(name: str, store: Path, params: dict) -> str:
     tracker.start(name, {}, {})
     tracker.log_metrics({"best_val_acc": 0.5})
     example = np.zeros((1, 32, 32, 3), np.uint8)
-    registered = registry.publish(tracker, model_file, classes, example, registry.registered_name(mlflow_cfg, name))
+    registered = registry.publish(
+        tracker, name, model_file, classes, example, registry.registered_name(mlflow_cfg, name)
+    )
     tracker.end()
-    registry.crown_champions(tracker.client, mlflow_cfg)
+    registry.crown_champions(tracker, mlflow_cfg, {})
     return f"models:/{registered['registered_model']}@{registry.CHAMPION}"
 
 

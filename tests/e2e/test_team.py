@@ -154,7 +154,7 @@ def test_killed_stage_resumes_its_server_run_and_everything_reads_back(servers, 
             output_format="list",
             filter_string=f"source_run_id = '{r.info.run_id}'",
         )
-        assert [m.name for m in models] == ["best_model"], name
+        assert [m.name for m in models] == [name], name
 
     fetched = mlflow.artifacts.download_artifacts(
         run_id=tracked.killed_run_id,

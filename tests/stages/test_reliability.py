@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import sys
 
 import numpy as np
@@ -13,9 +14,10 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from cifar_pipeline.core.config import load_params
+from cifar_pipeline.core.config import MlflowParams, load_params
 from cifar_pipeline.engine import checkpoint
 from cifar_pipeline.engine.models import ResNet34, build_model
+from cifar_pipeline.tracking.store import Tracker
 from helpers.processes import (
     assert_clean_failure,
     free_port,
@@ -199,7 +201,7 @@ def test_resume_into_another_store_or_experiment_starts_a_fresh_run(small, chang
     assert sorted(steps) == [1, 2, 3]
     info = json.loads((small / "models" / "cnn" / "mlflow_run.json").read_text())
     assert info["run_id"] == new[0].info.run_id and info["experiment_id"] == new[0].info.experiment_id
-    assert not list((small / "state" / "resume").iterdir())
+    assert not list((small / "state" / "resume").glob("*.pt")) and not list((small / "state" / "resume").glob("*.lock"))
 
 
 # 5. MLflow leftovers after interruptions
@@ -227,6 +229,26 @@ def test_sigint_during_start_up_prints_no_traceback_and_leaves_no_running_run(sm
 
 
 @pytest.mark.slow
+def test_sigint_while_the_run_is_created_on_a_locked_store_is_one_line_and_exit_130(small, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    Tracker(
+        MlflowParams(tracking_uri=store(small))
+    )  # the store and experiment exist: the stage's first write creates its run
+    holder = sqlite3.connect(small / "mlflow.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process (a parallel stage, `mlflow ui`) holds the write lock
+    proc = start_in_own_group(TRAIN_CNN, small)
+    out = "".join(wait_for_line(proc, r"database is locked"))  # the run's creation waited MLflow's 20 s for it
+    proc.send_signal(signal.SIGINT)
+    holder.execute("ROLLBACK")
+    out += proc.communicate(timeout=300)[0]
+
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "ERROR" not in out and out.count("by SIGINT") == 1  # MLflow's log: its ERROR
+    assert "RUNNING" not in {r.info.status for r in runs_in(store(small))}
+    assert_no_lock_files(small)
+
+
+@pytest.mark.slow
 def test_run_orphaned_by_sigkill_is_marked_killed_by_the_next_start(small):
     proc = start_in_own_group(TRAIN_CNN, small)
     wait_for_line(proc, r"started MLflow run")
@@ -243,6 +265,34 @@ def test_run_orphaned_by_sigkill_is_marked_killed_by_the_next_start(small):
     assert statuses.pop(orphan.info.run_id) == "KILLED"
     assert list(statuses.values()) == ["FINISHED"]
     assert_no_lock_files(small)  # the killed process's lock file is gone too
+
+
+@pytest.mark.slow
+def test_kill_after_publishing_before_dvc_lock_adopts_the_published_run(small):
+    run(["git", "commit", "-qam", "small"], small)
+    proc = start_in_own_group(["dvc", "repro", "train_cnn"], small)
+    wait_for_line(proc, r"train_cnn: best val_acc")  # the stage's last line: published, run FINISHED
+    os.killpg(proc.pid, signal.SIGKILL)  # DVC dies before it records the stage
+    proc.wait()
+    lock = small / "dvc.lock"
+    assert not lock.exists() or "train_cnn" not in lock.read_text()
+    [first] = runs_in(store(small))
+    assert first.info.status == "FINISHED"
+
+    again = run(["dvc", "repro", "train_cnn"], small).stdout
+
+    assert f"train_cnn: adopted MLflow run {first.info.run_id}" in again and "epoch 1:" not in again
+    assert [r.info.run_id for r in runs_in(store(small))] == [first.info.run_id]
+    client = MlflowClient(store(small))
+    assert [int(v.version) for v in client.search_model_versions("name = 'cifar10-cnn'")] == [1]
+    info = json.loads((small / "models" / "cnn" / "mlflow_run.json").read_text())
+    assert (info["run_id"], info["version"]) == (first.info.run_id, 1)
+    assert "train_cnn" in lock.read_text()
+    assert "up to date" in run(["dvc", "status", "train_cnn"], small).stdout
+
+    forced = run(["dvc", "repro", "-f", "train_cnn"], small).stdout  # recorded by DVC now: a rerun trains
+    assert "adopted" not in forced and "epoch 1:" in forced
+    assert len(runs_in(store(small))) == 2
 
 
 # 6. Permissions, found before any work

@@ -36,17 +36,22 @@ def init_label(params: Params, name: str) -> str:
     return "random init (resnet18.weights: none)" if cfg.weights == "none" else f"ImageNet {cfg.weights}"
 
 
-def registry_cells(run: dict, champions: dict[str, str]) -> dict[str, str]:
-    """This run's registered version, and whether it holds the `champion` alias (else which one does)."""
+def registry_cells(run: dict, champions: dict[str, str], gone: set[tuple[str, int]]) -> dict[str, str]:
+    """This run's registered version, and whether it holds the `champion` alias (else which one does); a
+    version deleted from the registry is named as gone."""
     if "version" not in run:
         return {"registered_version": "not registered", "alias": ""}
+    version = f"{run['registered_model']} v{run['version']}"
+    if (run["registered_model"], run["version"]) in gone:
+        version += " (deleted from the registry)"
     champion = champions.get(run["registered_model"])
     alias = "champion" if champion == str(run["version"]) else (f"champion is v{champion}" if champion else "")
-    return {"registered_version": f"{run['registered_model']} v{run['version']}", "alias": alias}
+    return {"registered_version": version, "alias": alias}
 
 
-def build_table(params: Params, champions: dict[str, str]) -> pd.DataFrame:
-    """champions: registered model name -> the version its `champion` alias points at."""
+def build_table(params: Params, champions: dict[str, str], gone: set[tuple[str, int]]) -> pd.DataFrame:
+    """champions: registered model name -> the version its `champion` alias points at; gone: the (registered
+    model, version) pairs deleted from the registry."""
     rows = []
     for name in MODELS:
         stage = paths.STAGES[name]
@@ -66,7 +71,7 @@ def build_table(params: Params, champions: dict[str, str]) -> pd.DataFrame:
                 "params_trainable": train["params_trainable"],
                 "params_total": train["params_total"],
                 "mlflow_run_id": run["run_id"],
-                **registry_cells(run, champions),
+                **registry_cells(run, champions, gone),
                 "notebook_accuracy": NOTEBOOK_ACCURACY[name],
             }
         )

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
+import signal
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +27,17 @@ REACHABILITY_TIMEOUT_S = 5
 
 
 LOCK_RETRIES = 8
+
+
+class _LockedStoreFilter(logging.Filter):
+    """MLflow logs a traceback for every "database is locked" before raising it; retry_locked retries
+    that error and says so in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "database is locked" not in record.getMessage()
+
+
+logging.getLogger("mlflow.store.db.utils").addFilter(_LockedStoreFilter())
 
 
 def resolve_tracking_uri(cfg: MlflowParams, cwd: Path | None = None) -> str:
@@ -74,7 +89,8 @@ def check_sqlite_writable(uri: str, db: Path) -> None:
 
 @contextmanager
 def store_lock(uri: str) -> Iterator[None]:
-    """Serialise store creation/migration between processes sharing one SQLite file."""
+    """Serialise store creation/migration, and the `champion` alias's read-then-move, between processes sharing
+    one SQLite file."""
     db = sqlite_path(uri)
     if db is None:
         yield
@@ -88,13 +104,45 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM wait for the block to end, then reach their usual handler. A store call cut in
+    half by Ctrl-C can leave SQLite's write lock held by this process, so its own next write (ending the
+    run KILLED) would wait for it in vain. Only the main thread receives signals, so others just run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {
+        s: signal.signal(s, lambda signum, _frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in caught:
+            signal.raise_signal(s)
+
+
 def retry_locked(fn: Callable[[], T]) -> T:
-    """Retry an MLflow call that lost a SQLite write lock to a parallel process."""
-    for attempt in range(LOCK_RETRIES):
+    """Run one MLflow call with signals deferred; retry it while a parallel process holds SQLite's write lock."""
+    for attempt in range(1, LOCK_RETRIES + 1):
         try:
-            return fn()
+            with signals_deferred():
+                return fn()
         except Exception as exc:  # MlflowException wraps sqlalchemy's OperationalError
-            if "database is locked" not in str(exc) or attempt == LOCK_RETRIES - 1:
+            if "database is locked" not in str(exc):
                 raise
-            time.sleep(0.2 * 2**attempt)
+            if attempt == LOCK_RETRIES:
+                raise TrackingError(
+                    f"the MLflow store stayed locked by another process through {LOCK_RETRIES} tries (database is "
+                    "locked). Stop the process that holds it, or use a tracking server (mlflow.tracking_uri)."
+                ) from None
+        print(
+            f"the MLflow store is locked by another process (database is locked); try {attempt + 1} of {LOCK_RETRIES}",
+            file=sys.stderr,
+            flush=True,
+        )
+        time.sleep(0.2 * 2 ** (attempt - 1))
     raise AssertionError("unreachable")

@@ -1,7 +1,8 @@
 """A training run's MLflow model and its registered version; the `champion` alias.
 
-Each training run logs one pyfunc model (serving/pyfunc.py, logged as code with the package; the weights are the stage's
-models/<name>/best.pt) and registers it as a version of the registered model `<prefix><name>`.
+Each training run logs one pyfunc model named after the model (serving/pyfunc.py, logged as code with the package; the
+weights are the stage's models/<name>/best.pt) and registers it as a version of the registered model `<prefix><name>`,
+whose tags and description show its validation accuracy and split.
 A rerun or resume of the stage reuses what an earlier, interrupted attempt completed and deletes
 what it left half-done, so a run holds one logged model and one version.
 """
@@ -10,14 +11,15 @@ from __future__ import annotations
 
 from importlib.metadata import version
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cifar_pipeline.core.config import MODELS, MlflowParams
-from cifar_pipeline.tracking.connection import retry_locked
+from cifar_pipeline.tracking.connection import retry_locked, store_lock
+from cifar_pipeline.tracking.run_metadata import SPLIT_TAG
 from cifar_pipeline.tracking.store import Tracker
 
-MODEL_NAME = "best_model"
 PACKAGE = Path(__file__).parents[1]  # the whole cifar_pipeline package travels with the model
 MODEL_CODE = PACKAGE / "serving" / "pyfunc.py"
 REQUIREMENTS = {  # pip package: the module it installs
@@ -31,6 +33,7 @@ REQUIREMENTS = {  # pip package: the module it installs
 }
 CHAMPION = "champion"
 SELECTION_METRIC = "summary/best_val_acc"  # the champion is chosen on validation accuracy, never on the test set
+TEST_ACCURACY_TAG = "test_accuracy"  # set on a version by `compare`
 
 
 def registered_name(cfg: MlflowParams, model: str) -> str | None:
@@ -60,8 +63,8 @@ def skip_installed_packages_scan() -> None:
         requirements_utils._MODULES_TO_PACKAGES = {module: [p] for p, module in REQUIREMENTS.items()}
 
 
-def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray) -> str:
-    """Log the pyfunc model into the tracker's run and experiment; returns its model id."""
+def log_model(tracker: Tracker, model: str, model_file: Path, classes: list[str], example: np.ndarray) -> str:
+    """Log the pyfunc model `model` (cnn, resnet34, ...) into the tracker's run and experiment; returns its id."""
     import mlflow.pyfunc
     from mlflow.models import Model
 
@@ -70,16 +73,16 @@ def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: n
     skip_installed_packages_scan()
     client, run_id = tracker.client, tracker.run_id
     params = retry_locked(lambda: client.get_run(run_id)).data.params
-    model = retry_locked(
-        lambda: client.create_logged_model(tracker.experiment_id, name=MODEL_NAME, source_run_id=run_id, params=params)
+    logged = retry_locked(
+        lambda: client.create_logged_model(tracker.experiment_id, name=model, source_run_id=run_id, params=params)
     )
     retry_locked(
         lambda: Model.log(
             artifact_path=None,
-            name=MODEL_NAME,
+            name=model,
             flavor=mlflow.pyfunc,
             run_id=run_id,
-            model_id=model.model_id,
+            model_id=logged.model_id,
             python_model=str(MODEL_CODE),
             artifacts={MODEL_FILE_ARTIFACT: str(model_file)},
             code_paths=[str(PACKAGE)],
@@ -88,15 +91,15 @@ def log_model(tracker: Tracker, model_file: Path, classes: list[str], example: n
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
         )
     )
-    return model.model_id
+    return logged.model_id
 
 
-def completed_model(tracker: Tracker) -> str | None:
-    """The run's READY model from an earlier attempt, if any; its PENDING/FAILED leftovers are deleted."""
+def completed_model(tracker: Tracker, name: str) -> str | None:
+    """The run's READY model `name` from an earlier attempt, if any; its PENDING/FAILED leftovers are deleted."""
     from mlflow.entities import LoggedModelStatus
 
     ready = None
-    for model in tracker.logged_models(MODEL_NAME):
+    for model in tracker.logged_models(name):
         if ready is None and model.status == LoggedModelStatus.READY:
             ready = model.model_id
         else:
@@ -119,39 +122,109 @@ def register_once(client, name: str, run_id: str, model_id: str):
     return retry_locked(once)
 
 
-def publish(tracker: Tracker, model_file: Path, classes: list[str], example: np.ndarray, name: str | None) -> dict:
-    """Log the run's model once and register it once; what models/<name>/mlflow_run.json records."""
-    model_id = completed_model(tracker) or log_model(tracker, model_file, classes, example)
+def describe_version(client, name: str, version: str, run) -> None:
+    """Show on the registry pages why a version is or isn't `champion`: its validation accuracy and split."""
+    accuracy, split = run.data.metrics.get(SELECTION_METRIC), run.data.tags.get(SPLIT_TAG)
+    if accuracy is None:
+        return
+    retry_locked(lambda: client.set_model_version_tag(name, version, "val_acc", f"{accuracy:.4f}"))
+    retry_locked(lambda: client.set_model_version_tag(name, version, SPLIT_TAG, split or "unknown"))
+    description = (
+        f"Validation accuracy {accuracy:.2%} ({split or 'split unknown'}). `champion` is the best validation "
+        "accuracy among the versions validated on the same split; `compare` adds the test accuracy as a tag."
+    )
+    retry_locked(lambda: client.update_model_version(name, version, description=description))
+
+
+def publish(
+    tracker: Tracker, model: str, model_file: Path, classes: list[str], example: np.ndarray, name: str | None
+) -> dict:
+    """Log the run's model once and register it once as a version of `name`; what models/<model>/mlflow_run.json
+    records."""
+    model_id = completed_model(tracker, model) or log_model(tracker, model, model_file, classes, example)
     info: dict = {"model_uri": f"models:/{model_id}"}
     if name:
         registered = register_once(tracker.client, name, tracker.run_id, model_id)
+        describe_version(
+            tracker.client, name, registered.version, retry_locked(lambda: tracker.client.get_run(tracker.run_id))
+        )
         info.update(registered_model=name, version=int(registered.version))
     return info
 
 
-def crown_champion(client, name: str):
-    """Point the `champion` alias of `name` at its version with the best validation accuracy (the
-    earliest one on a tie, so a tie never moves it). Returns that version, or None without versions."""
-    scored = []
-    for v in retry_locked(lambda: client.search_model_versions(f"name = '{name}'")):
-        accuracy = retry_locked(lambda v=v: client.get_run(v.run_id)).data.metrics.get(SELECTION_METRIC)
-        if accuracy is not None:
+def version_exists(client, name: str, version: int | str) -> bool:
+    """False when the version (or its registered model) was deleted from the registry."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        retry_locked(lambda: client.get_model_version(name, str(version)))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        return False
+    return True
+
+
+def run_split(client, run_id: str) -> str | None:
+    """The validation split a training run was measured on (its SPLIT_TAG)."""
+    return retry_locked(lambda: client.get_run(run_id)).data.tags.get(SPLIT_TAG)
+
+
+class Champion(NamedTuple):
+    version: str
+    compared: int  # versions validated on the champion's split
+    other_splits: int  # versions left out: validated on another split
+
+
+def crown_champion(tracker: Tracker, name: str, split: str | None) -> Champion | None:
+    """Point the `champion` alias of `name` at the version with the best validation accuracy among those
+    validated on `split` (the earliest one on a tie, so a tie never moves it); None without such versions.
+    Read and move happen under the store's lock, so two `compare`s can't interleave them."""
+    client = tracker.client
+    with store_lock(tracker.uri):
+        scored, other_splits = [], 0
+        for v in retry_locked(lambda: client.search_model_versions(f"name = '{name}'")):
+            run = retry_locked(lambda v=v: client.get_run(v.run_id))
+            accuracy = run.data.metrics.get(SELECTION_METRIC)
+            if accuracy is None:
+                continue
+            if run.data.tags.get(SPLIT_TAG) != split:
+                other_splits += 1
+                continue
             scored.append((accuracy, -int(v.version), v))
-    if not scored:
-        return None
-    best = max(scored, key=lambda s: s[:2])[2]
-    retry_locked(lambda: client.set_registered_model_alias(name, CHAMPION, best.version))
-    return best
+        if not scored:
+            return None
+        best = max(scored, key=lambda s: s[:2])[2]
+        retry_locked(lambda: client.set_registered_model_alias(name, CHAMPION, best.version))
+    return Champion(str(best.version), len(scored), other_splits)
 
 
-def crown_champions(client, cfg: MlflowParams) -> dict[str, str]:
-    """crown_champion for each model's registered model: registered name -> champion version ({} when
-    registration is off)."""
-    champions: dict[str, str] = {}
+def crown_champions(tracker: Tracker, cfg: MlflowParams, splits: dict[str, str | None]) -> dict[str, Champion]:
+    """crown_champion for each model's registered model, on the split of `splits[model]` (the split of the
+    model's current run): registered name -> its champion ({} when registration is off)."""
+    champions: dict[str, Champion] = {}
     if not cfg.register_models:
         return champions
     for model in MODELS:
-        best = crown_champion(client, registered_name(cfg, model))
+        name = registered_name(cfg, model)
+        best = crown_champion(tracker, name, splits.get(model))
         if best is not None:
-            champions[best.name] = str(best.version)
+            champions[name] = best
     return champions
+
+
+def tag_test_accuracy(client, name: str, version: int | str, accuracy: float) -> None:
+    retry_locked(lambda: client.set_model_version_tag(name, str(version), TEST_ACCURACY_TAG, f"{accuracy:.4f}"))
+
+
+def champion_line(name: str, champion: Champion) -> str:
+    """What `compare` prints of a champion: which versions it was chosen among."""
+    skipped = (
+        f"; {champion.other_splits} version(s) validated on another split (other seed, data.* or data.val_size) "
+        "are not compared"
+        if champion.other_splits
+        else ""
+    )
+    return (
+        f"{name}: champion is v{champion.version}, best of {champion.compared} version(s) on this run's split{skipped}"
+    )

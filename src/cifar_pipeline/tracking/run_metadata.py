@@ -11,6 +11,7 @@ from cifar_pipeline.tracking.connection import retry_locked
 from cifar_pipeline.tracking.tags import flatten, git_commit
 
 DATASET_NAME = "cifar10"
+SPLIT_TAG = "validation_split"  # which images validated the run: `champion` compares runs with equal values only
 
 
 def epoch_metric(column: str) -> str:
@@ -104,6 +105,11 @@ def run_params(params: Params, name: str, settings, counts: dict[str, int]) -> d
         **flatten({"runtime": resolved_runtime(params.runtime, settings)}),
         **counts,
     }
+
+
+def validation_split(params: Params, digest: str) -> str:
+    """The validation split's identity: it is drawn from the prepared data (digest) by data.val_size and seed."""
+    return f"data {digest[:8]}, data.val_size {params.data.val_size}, seed {params.seed}"
 
 
 def dataset(params: Params, arrays, digest: str):

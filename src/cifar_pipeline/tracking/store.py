@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -68,8 +70,11 @@ class Tracker:
 
     def start(self, run_name: str, tags: dict[str, str], params: Mapping) -> str:
         tags = {**tags, PROCESS_TAG: this_process()}
-        run = retry_locked(lambda: self.client.create_run(self.experiment_id, run_name=run_name, tags=tags))
-        self.run_id = run.info.run_id
+
+        def create() -> None:  # run_id is set before a deferred Ctrl-C can stop us: the run then ends KILLED
+            self.run_id = self.client.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id
+
+        retry_locked(create)
         flat = {k: str(v) for k, v in flatten(params).items()}
         retry_locked(lambda: self._log_params(flat))
         return self.run_id
@@ -173,6 +178,12 @@ class Tracker:
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def download_artifact(self, artifact: str, dest: Path) -> None:
+        """The run's artifact, written to dest atomically."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+            os.replace(retry_locked(lambda: self.client.download_artifacts(self.run_id, artifact, tmp)), dest)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))

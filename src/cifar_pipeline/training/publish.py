@@ -69,7 +69,8 @@ def write_outputs(
 
     start = time.perf_counter()
     example = (trainer.data.val_x[:2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    published = registry.publish(tracker, best_file, classes, example, registry.registered_name(params.mlflow, name))
+    registered_name = registry.registered_name(params.mlflow, name)
+    published = registry.publish(tracker, name, best_file, classes, example, registered_name)
     atomic.write_json(
         paths.run_info(name),
         {"run_id": tracker.run_id, "experiment_id": tracker.experiment_id, "tracking_uri": tracker.uri, **published},

@@ -21,9 +21,17 @@ from cifar_pipeline.engine.optim import effective_lrs
 from cifar_pipeline.engine.progress import EpochResult, RunProgress
 from cifar_pipeline.engine.trainer import Trainer, build_trainer
 from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri
-from cifar_pipeline.tracking.run_metadata import dataset, model_description, run_name, run_params
+from cifar_pipeline.tracking.run_metadata import (
+    SPLIT_TAG,
+    dataset,
+    model_description,
+    run_name,
+    run_params,
+    validation_split,
+)
 from cifar_pipeline.tracking.store import Tracker
 from cifar_pipeline.tracking.tags import base_tags, flatten
+from cifar_pipeline.training.adopt import adopt, remember
 from cifar_pipeline.training.publish import parameter_counts, write_outputs
 from cifar_pipeline.training.recorder import Recorder
 
@@ -54,6 +62,9 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     key = resume_key(params, name, settings.device, digest)
     resume_file = checkpoint.resume_path(project_root() / paths.RESUME_DIR, paths.STAGES[name], key)
     with checkpoint.exclusive(resume_file):
+        adopted = adopt(tracker, name, resume_file)
+        if adopted is not None:
+            return adopted
         return StageRun(
             params,
             name,
@@ -117,6 +128,7 @@ class StageRun:
                 self.resume_file.unlink(missing_ok=True)
             raise
         self.tracker.end("FINISHED")
+        remember(self.resume_file, self.name, summary)  # until DVC records it (see adopt.py)
         self.resume_file.unlink(missing_ok=True)
         return summary
 
@@ -155,6 +167,7 @@ class StageRun:
         tags = {
             **base_tags(self.stage),
             "model": self.name,
+            SPLIT_TAG: validation_split(self.params, self.training_set.digest),
             "mlflow.note.content": model_description(self.name, self.stage),
         }
         logged = run_params(self.params, self.name, self.settings, parameter_counts(model))
