@@ -40,7 +40,7 @@ def test_every_switch_is_off_in_params_yaml():
         ("cnn.augment.cutout", -1, "cnn.augment.cutout must be >= 0, got -1"),
         ("cnn.augment.rotation", 181, "cnn.augment.rotation must be <= 180, got 181"),
         ("cnn.width", 0, "cnn.width must be > 0, got 0"),
-        ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none' or 'flip', got 'rotate'"),
+        ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none', 'flip' or 'flip_shift', got 'rotate'"),
         ("cnn.extra_convs", 5, "cnn.extra_convs must be <= 4, got 5"),
         ("resnet34.stem", "tiny", "resnet34.stem must be one of 'imagenet' or 'cifar', got 'tiny'"),
         ("resnet34.arch", "timm", "resnet34.arch must be one of 'pipeline' or 'torchvision', got 'timm'"),
