@@ -26,7 +26,12 @@ def test_every_switch_is_off_in_params_yaml():
         assert cfg.augment.rotation == 0 and cfg.augment.cutout == 0
         assert cfg.tta == "none"
         assert cfg.scheduler.name in ("none", "step")
-    assert (p.cnn.width, p.cnn.extra_convs) == (1.0, 0)
+    assert (p.cnn.width, p.cnn.extra_convs, p.cnn.arch) == (1.0, 0, "seed")
+    for name in ("cnn", "resnet34", "resnet18"):
+        cfg = p.model(name)
+        assert (cfg.batchnorm.momentum, cfg.batchnorm.eps, cfg.batchnorm.weight) == (0.1, 1e-5, True)
+        assert cfg.lookahead.every == 0 and not cfg.optimizer.decoupled and cfg.optimizer.bias_lr_scale == 1
+        assert not cfg.augment.alternate_flip and not cfg.augment.crop_reflect
     assert (p.resnet34.arch, p.resnet34.stem) == ("pipeline", "imagenet")
     assert p.resnet18.backbone_lr is None
 
@@ -42,6 +47,25 @@ def test_every_switch_is_off_in_params_yaml():
         ("cnn.width", 0, "cnn.width must be > 0, got 0"),
         ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none', 'flip' or 'flip_shift', got 'rotate'"),
         ("cnn.extra_convs", 5, "cnn.extra_convs must be <= 4, got 5"),
+        ("cnn.arch", "vgg", "cnn.arch must be one of 'seed' or 'wide', got 'vgg'"),
+        ("cnn.wide", {"widths": [64, 256]}, "cnn.wide.widths: List should have at least 3 items"),
+        ("cnn.batchnorm", {"momentum": 0}, "cnn.batchnorm.momentum must be > 0, got 0"),
+        ("cnn.lookahead", {"every": 5, "decay": 1.0}, "cnn.lookahead.decay must be < 1, got 1.0"),
+        (
+            "cnn.optimizer",
+            {"name": "adam", "lr": 1.0, "decoupled": True},
+            "decoupled = true needs name = sgd and reference_batch_size = null",
+        ),
+        (
+            "cnn.augment",
+            {"hflip": False, "alternate_flip": True},
+            "alternate_flip = true needs hflip = true",
+        ),
+        (
+            "cnn.wide",
+            {"whiten": True, "whiten_bias_epochs": 3},  # params.yaml's cnn.scheduler is step
+            "wide.whiten_bias_epochs needs a scheduler of name none, warmup_cosine or linear (got step)",
+        ),
         ("resnet34.stem", "tiny", "resnet34.stem must be one of 'imagenet' or 'cifar', got 'tiny'"),
         ("resnet34.arch", "timm", "resnet34.arch must be one of 'pipeline' or 'torchvision', got 'timm'"),
         ("resnet18.backbone_lr", 0, "resnet18.backbone_lr must be > 0, got 0"),
