@@ -92,6 +92,11 @@ def test_every_switch_is_off_in_params_yaml():
             {"name": "sgd", "lr": 0.1, "momentum": 0, "nesterov": True},
             "nesterov = true needs name = sgd and momentum > 0 (got name = sgd, momentum = 0.0)",
         ),
+        (
+            "resnet18.optimizer",
+            {"name": "sgd", "lr": 0.1, "bias_lr_scale": 64.0},
+            None,  # valid alone; with a backbone lr it is not (below)
+        ),
         ("resnet18.trainable", ["fc"], None),  # valid alone; with a backbone lr it is not (below)
     ],
 )
@@ -159,3 +164,10 @@ def test_a_recipe_that_breaks_the_schema_is_one_error_line(tmp_path):
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_a_backbone_lr_cant_go_with_airbenchs_param_groups():
+    params = mutated("resnet18.optimizer", {"name": "sgd", "lr": 0.1, "bias_lr_scale": 64.0})
+    params["resnet18"]["backbone_lr"] = 1e-4
+    with pytest.raises(ParamsError, match=r"backbone_lr can.t go with optimizer\.decoupled or optimizer\.bias_lr"):
+        parse_params(params)

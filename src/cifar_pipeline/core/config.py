@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from cifar_pipeline.core import yaml12
 from cifar_pipeline.core.errors import ParamsError
-from cifar_pipeline.core.fast_params import BatchNormParams, LookaheadParams, WideParams
+from cifar_pipeline.core.fast_params import BatchNormParams, LookaheadParams, WideParams, fast_switch_conflict
 from cifar_pipeline.core.param_errors import describe
 from cifar_pipeline.core.strict import STRICT
 
@@ -128,8 +128,6 @@ class OptimizerParams(Strict):
                 f"nesterov = true needs name = sgd and momentum > 0 (got name = {self.name}, "
                 f"momentum = {self.momentum}); set nesterov: false or use SGD with momentum"
             )
-        if self.decoupled and (self.name != "sgd" or self.reference_batch_size is not None):
-            raise ValueError("decoupled = true needs name = sgd and reference_batch_size = null (it scales the lr)")
         return self
 
 
@@ -156,12 +154,6 @@ class AugmentParams(Strict):
     cutout: Annotated[int, Field(ge=0, le=32)] = 0  # side of the zeroed square, in pixels (0 = off)
     alternate_flip: bool = False  # with hflip: each image flips in every other epoch (a random first one)
     crop_reflect: bool = False  # crop_padding pads by reflection, not zeros
-
-    @model_validator(mode="after")
-    def _alternate_needs_hflip(self) -> AugmentParams:
-        if self.alternate_flip and not self.hflip:
-            raise ValueError("alternate_flip = true needs hflip = true (it changes how images are flipped)")
-        return self
 
 
 class NormalizeParams(Strict):
@@ -193,6 +185,13 @@ class ModelParams(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fast_switches_fit(self) -> ModelParams:
+        problem = fast_switch_conflict(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def lr_scale(self) -> float:
         """Factor on every learning rate: batch_size / optimizer.reference_batch_size (linear scaling)."""
         opt = self.optimizer
@@ -207,15 +206,6 @@ class CnnParams(ModelParams):
     extra_convs: Annotated[int, Field(ge=0, le=4)] = 0  # more conv-BN-ReLU layers per block, at its width
     arch: Literal["seed", "wide"] = "seed"  # wide: the wide shallow GELU net of `wide` (no dropout, no width)
     wide: WideParams = WideParams()
-
-    @model_validator(mode="after")
-    def _whiten_bias_schedule(self) -> CnnParams:
-        if self.wide.whiten_bias_epochs and self.scheduler.name in ("step", "cosine", "onecycle"):
-            raise ValueError(
-                f"wide.whiten_bias_epochs needs a scheduler of name none, warmup_cosine or linear "
-                f"(got {self.scheduler.name}); set it to 0 or change the scheduler"
-            )
-        return self
 
 
 class Resnet34Params(ModelParams):

@@ -40,3 +40,24 @@ class WideParams(Strict):
     residual: bool = False  # add each block's first layer's output to its last (before the last GELU)
     whiten: bool = False  # the stem is a frozen patch-whitening conv computed from the training images
     whiten_bias_epochs: Annotated[int, Field(ge=0)] = 0  # with whiten: the stem's bias trains this many epochs
+
+
+def fast_switch_conflict(section) -> str | None:
+    """Why a model section's (config.ModelParams) fast switches can't work together, or None."""
+    wide = getattr(section, "wide", None)
+    if wide and wide.whiten_bias_epochs and section.scheduler.name in ("step", "cosine", "onecycle"):
+        return (
+            f"wide.whiten_bias_epochs needs a scheduler of name none, warmup_cosine or linear "
+            f"(got {section.scheduler.name}); set it to 0 or change the scheduler"
+        )
+    opt = section.optimizer
+    if opt.decoupled and (opt.name != "sgd" or opt.reference_batch_size is not None):
+        return "optimizer.decoupled = true needs name = sgd and reference_batch_size = null (it scales the lr)"
+    if section.augment.alternate_flip and not section.augment.hflip:
+        return "augment.alternate_flip = true needs hflip = true (it changes how images are flipped)"
+    if getattr(section, "backbone_lr", None) is not None and (opt.decoupled or opt.bias_lr_scale != 1):
+        return (
+            "backbone_lr can't go with optimizer.decoupled or optimizer.bias_lr_scale (their param groups "
+            "replace the backbone's); set backbone_lr: null or switch those off"
+        )
+    return None
