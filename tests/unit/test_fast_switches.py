@@ -268,3 +268,19 @@ def test_a_mid_epoch_resume_with_every_fast_switch_on_is_exact():
     for (name, a), b in zip(reference.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert all(torch.equal(a, b) for a, b in zip(reference.lookahead.average, resumed.lookahead.average, strict=True))
+
+
+# --- off by default ---------------------------------------------------------------------------------
+
+
+def test_with_the_switches_off_the_seed_recipe_runs_as_before():
+    trainer = tiny_trainer("cnn", 16, width=0.25)
+    assert trainer.lookahead is None and trainer.loader.first_flips is None
+    assert torch.equal(trainer.loader.generator.get_state(), torch.Generator().manual_seed(0).get_state())  # no draw
+    (group,) = trainer.optimizer.param_groups  # one group, as before
+    assert group["weight_decay"] == PARAMS.cnn.optimizer.weight_decay and "frozen_after_epochs" not in group
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    model = build_model("cnn", PARAMS.cnn.model_copy(update={"tta": "flip"})).eval()
+    with torch.no_grad():
+        plain, mirrored = model.logits(torch.cat([x, x.flip(3)])).float().chunk(2)
+        assert torch.equal(model(x), ((plain.softmax(1) + mirrored.softmax(1)) / 2).log())  # the old flip TTA
