@@ -9,7 +9,9 @@ Usage, from the project root of a git checkout (CUDA or not):
 -S options go to every `dvc exp run` after the recipe's own (so they win), e.g.
 `-S data.md5=<md5 of your copy> -S resnet18.weights=none`.
 Writes DIR/runs.jsonl (a line per run as it ends) and DIR/recipes.json (per recipe: mean and sample std
-of test accuracy, mean training and wall seconds, n; and the date, GPU, torch version and commit).
+of test accuracy, of the stage's training seconds (all epochs, data on the device; with and without the
+first step, which holds the warm-up, compile and CUDA-graph capture), the first step and the stage's
+wall seconds, n; and the date, GPU, torch version and commit), then prints them as a table.
 Exits 1 if any run failed (its line says how); the others are still summarised.
 """
 
@@ -65,6 +67,7 @@ def run_one(recipe: Recipe, seed: int, stamp: str, extra: list[str]) -> dict:
     ref = experiment_ref(named.name)
     train = read_json_at(ref, paths.train_summary(recipe.model))
     test = read_json_at(ref, paths.eval_dir(recipe.model) / "metrics.json")
+    first_step = train["first_step_seconds"] or 0.0  # None: no full-size batch ran
     return {
         **row,
         "experiment_rev": git("rev-parse", ref),
@@ -74,7 +77,8 @@ def run_one(recipe: Recipe, seed: int, stamp: str, extra: list[str]) -> dict:
         "best_epoch": train["best_epoch"],
         "epochs": train["epochs"],
         "train_seconds": train["train_seconds"],
-        "first_step_seconds": train["first_step_seconds"],
+        "first_step_seconds": first_step,
+        "train_seconds_after_first_step": train["train_seconds"] - first_step,
         "images_per_second": train["images_per_second"],
     }
 
@@ -95,8 +99,11 @@ def summarise(rows: list[dict]) -> dict:
             "test_accuracy_mean": acc,
             "test_accuracy_std": acc_std,
             "n": n,
-            "train_seconds": stats("train_seconds", recipe)[0],
-            "wall_seconds": stats("wall_seconds", recipe)[0],
+            **{
+                f"{key}{suffix}": value
+                for key in ("train_seconds", "train_seconds_after_first_step", "first_step_seconds", "wall_seconds")
+                for suffix, value in zip(("", "_std"), stats(key, recipe)[:2], strict=True)
+            },
             "best_val_acc_mean": stats("best_val_acc", recipe)[0],
             "seeds": [r["seed"] for r in done if r["recipe"] == recipe],
         }
@@ -106,6 +113,28 @@ def summarise(rows: list[dict]) -> dict:
             if s["model"] == model:
                 s["selected_on_validation"] = name == best
     return out
+
+
+def table(summary: dict) -> str:
+    """The summary as a fixed-width table: mean ± sample sd over the seeds."""
+
+    def pm(mean: float, std: float | None, scale: float = 1.0, digits: int = 2) -> str:
+        return f"{mean * scale:.{digits}f}" + (f" ± {std * scale:.{digits}f}" if std is not None else "")
+
+    head = (
+        f"{'recipe':<24} {'n':>2}  {'test acc %':>14}  {'train s':>13}  {'w/o 1st step':>13}  "
+        f"{'1st step s':>12}  {'stage wall s':>13}"
+    )
+    lines = [head, "-" * len(head)]
+    for name, s in summary.items():
+        lines.append(
+            f"{name:<24} {s['n']:>2}  {pm(s['test_accuracy_mean'], s['test_accuracy_std'], 100):>14}  "
+            f"{pm(s['train_seconds'], s['train_seconds_std']):>13}  "
+            f"{pm(s['train_seconds_after_first_step'], s['train_seconds_after_first_step_std']):>13}  "
+            f"{pm(s['first_step_seconds'], s['first_step_seconds_std']):>12}  "
+            f"{pm(s['wall_seconds'], s['wall_seconds_std'], digits=1):>13}"
+        )
+    return "\n".join(lines)
 
 
 def environment(argv: list[str], extra: list[str]) -> dict:
@@ -143,7 +172,8 @@ def main() -> None:
             rows.append(run_one(recipe, seed, stamp, extra))
             atomic.write_text(args.out / "runs.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
             atomic.write_json(args.out / "recipes.json", {"environment": env, "recipes": summarise(rows)})
-    print(json.dumps(summarise(rows), indent=1))
+    print(table(summarise(rows)))
+    print(f"details: {args.out / 'recipes.json'}, {args.out / 'runs.jsonl'}")
     failed = [r["experiment"] for r in rows if "error" in r]
     if failed:
         print(f"failed runs: {', '.join(failed)} (see {args.out / 'runs.jsonl'})", file=sys.stderr)

@@ -76,3 +76,30 @@ def test_benchmark_runs_each_recipe_and_seed_as_an_experiment(project, tmp_path)
         assert 0 <= r.data.metrics["test/macro_auc"] <= 1 and "test_auc/cat" in r.data.metrics
         artifacts = {a.path for a in client.list_artifacts(r.info.run_id, "evaluation")}
         assert {"evaluation/roc.png", "evaluation/roc.csv"} <= artifacts
+
+
+@pytest.mark.slow
+def test_benchmark_runs_the_airbench_recipe_end_to_end_and_prints_its_table(project, tmp_path):
+    """cnn-airbench94 (every fast-training switch on) through the real pipeline: DVC experiment, MLflow run,
+    registry and evaluate; narrowed so the CPU trains it in seconds."""
+    shutil.copytree(ROOT / "recipes", project / "recipes")
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-qm", "recipes"], project)
+    out = tmp_path / "bench"
+    narrow = ["cnn.epochs=2", "cnn.batch_size=32", "cnn.wide.widths=[8,16,16]", "cnn.wide.whiten_bias_epochs=1"]
+    command = [sys.executable, str(ROOT / "benchmarks" / "recipes.py"), "--recipes", "cnn-airbench94"]
+    result = run([*command, "--seeds", "0", "--out", str(out), *(a for o in narrow for a in ("-S", o))], project)
+
+    (row,) = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert (row["recipe"], row["epochs"]) == ("cnn-airbench94", 2) and 0 <= row["test_accuracy"] <= 1
+    assert row["train_seconds_after_first_step"] == pytest.approx(row["train_seconds"] - row["first_step_seconds"])
+    s = json.loads((out / "recipes.json").read_text())["recipes"]["cnn-airbench94"]
+    assert s["n"] == 1 and s["wall_seconds"] > s["train_seconds"] > s["train_seconds_after_first_step"] > 0
+    table = result.stdout[result.stdout.index("recipe ") :].splitlines()
+    assert table[2].startswith("cnn-airbench94") and f"{100 * s['test_accuracy_mean']:.2f}" in table[2]
+
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
+    assert mlflow_run.data.params["arch"] == "wide" and mlflow_run.data.params["tta"] == "flip_shift"
+    assert "test/accuracy" in mlflow_run.data.metrics
+    assert client.get_registered_model("cifar10-cnn").latest_versions

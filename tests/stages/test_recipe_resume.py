@@ -1,5 +1,6 @@
 """A training stage under a per-step schedule, stopped mid-epoch by SIGTERM, resumes to the same weights
-and the same logged lrs as an uninterrupted run."""
+and the same logged lrs as an uninterrupted run: with the recipes' switches, and with every fast-training
+switch (cnn-airbench94's, plus a residual block and Cutout)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,26 @@ PER_STEP = {
     "label_smoothing": 0.1,
     "augment": {"crop_padding": 4, "hflip": True, "rotation": 10.0, "cutout": 8},
 }
+FAST = {
+    "arch": "wide",
+    "wide": {"widths": [16, 32, 32], "residual": True, "whiten": True, "whiten_bias_epochs": 1},
+    "extra_convs": 1,
+    "batchnorm": {"momentum": 0.4, "eps": 1e-12, "weight": False},
+    "lookahead": {"every": 2, "decay": 0.95},
+    "optimizer": {
+        "name": "sgd",
+        "lr": 11.5,
+        "momentum": 0.85,
+        "nesterov": True,
+        "weight_decay": 0.0153,
+        "decoupled": True,
+        "bias_lr_scale": 64.0,
+    },
+    "scheduler": {"name": "linear", "pct_start": 0.23, "start_factor": 0.2, "end_factor": 0.07},
+    "label_smoothing": 0.2,
+    "tta": "flip_shift",
+    "augment": {"crop_padding": 2, "crop_reflect": True, "hflip": True, "alternate_flip": True, "cutout": 8},
+}
 
 
 def logged_lrs(project) -> list[str]:
@@ -29,9 +50,10 @@ def logged_lrs(project) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigterm_mid_epoch_under_onecycle_resumes_exactly(resumable, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("switches", [PER_STEP, FAST], ids=["onecycle", "fast"])
+def test_sigterm_mid_epoch_under_a_per_step_schedule_resumes_exactly(resumable, tmp_path, switches):  # noqa: F811
     params = read_params(resumable)
-    params["cnn"].update(PER_STEP)
+    params["cnn"].update(switches)
     write_params(resumable, params)
     run(["git", "commit", "-qam", "per-step schedule"], resumable)
     reference = tmp_path / "reference"

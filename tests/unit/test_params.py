@@ -140,8 +140,9 @@ BAD_PARAMS = [
     ),
     bad(
         "cnn.scheduler.name",
-        "linear",
-        "cnn.scheduler.name must be one of 'none', 'step', 'cosine', 'onecycle' or 'warmup_cosine', got 'linear'",
+        "exponential",
+        "cnn.scheduler.name must be one of 'none', 'step', 'cosine', 'onecycle', 'warmup_cosine' or 'linear', "
+        "got 'exponential'",
     ),
     bad(
         "resnet18.weights",

@@ -26,7 +26,12 @@ def test_every_switch_is_off_in_params_yaml():
         assert cfg.augment.rotation == 0 and cfg.augment.cutout == 0
         assert cfg.tta == "none"
         assert cfg.scheduler.name in ("none", "step")
-    assert (p.cnn.width, p.cnn.extra_convs) == (1.0, 0)
+    assert (p.cnn.width, p.cnn.extra_convs, p.cnn.arch) == (1.0, 0, "seed")
+    for name in ("cnn", "resnet34", "resnet18"):
+        cfg = p.model(name)
+        assert (cfg.batchnorm.momentum, cfg.batchnorm.eps, cfg.batchnorm.weight) == (0.1, 1e-5, True)
+        assert cfg.lookahead.every == 0 and not cfg.optimizer.decoupled and cfg.optimizer.bias_lr_scale == 1
+        assert not cfg.augment.alternate_flip and not cfg.augment.crop_reflect
     assert (p.resnet34.arch, p.resnet34.stem) == ("pipeline", "imagenet")
     assert p.resnet18.backbone_lr is None
 
@@ -40,8 +45,27 @@ def test_every_switch_is_off_in_params_yaml():
         ("cnn.augment.cutout", -1, "cnn.augment.cutout must be >= 0, got -1"),
         ("cnn.augment.rotation", 181, "cnn.augment.rotation must be <= 180, got 181"),
         ("cnn.width", 0, "cnn.width must be > 0, got 0"),
-        ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none' or 'flip', got 'rotate'"),
+        ("resnet34.tta", "rotate", "resnet34.tta must be one of 'none', 'flip' or 'flip_shift', got 'rotate'"),
         ("cnn.extra_convs", 5, "cnn.extra_convs must be <= 4, got 5"),
+        ("cnn.arch", "vgg", "cnn.arch must be one of 'seed' or 'wide', got 'vgg'"),
+        ("cnn.wide", {"widths": [64, 256]}, "cnn.wide.widths: List should have at least 3 items"),
+        ("cnn.batchnorm", {"momentum": 0}, "cnn.batchnorm.momentum must be > 0, got 0"),
+        ("cnn.lookahead", {"every": 5, "decay": 1.0}, "cnn.lookahead.decay must be < 1, got 1.0"),
+        (
+            "cnn.optimizer",
+            {"name": "adam", "lr": 1.0, "decoupled": True},
+            "decoupled = true needs name = sgd and reference_batch_size = null",
+        ),
+        (
+            "cnn.augment",
+            {"hflip": False, "alternate_flip": True},
+            "alternate_flip = true needs hflip = true",
+        ),
+        (
+            "cnn.wide",
+            {"whiten": True, "whiten_bias_epochs": 3},  # params.yaml's cnn.scheduler is step
+            "wide.whiten_bias_epochs needs a scheduler of name none, warmup_cosine or linear (got step)",
+        ),
         ("resnet34.stem", "tiny", "resnet34.stem must be one of 'imagenet' or 'cifar', got 'tiny'"),
         ("resnet34.arch", "timm", "resnet34.arch must be one of 'pipeline' or 'torchvision', got 'timm'"),
         ("resnet18.backbone_lr", 0, "resnet18.backbone_lr must be > 0, got 0"),
@@ -67,6 +91,11 @@ def test_every_switch_is_off_in_params_yaml():
             "cnn.optimizer",
             {"name": "sgd", "lr": 0.1, "momentum": 0, "nesterov": True},
             "nesterov = true needs name = sgd and momentum > 0 (got name = sgd, momentum = 0.0)",
+        ),
+        (
+            "resnet18.optimizer",
+            {"name": "sgd", "lr": 0.1, "bias_lr_scale": 64.0},
+            None,  # valid alone; with a backbone lr it is not (below)
         ),
         ("resnet18.trainable", ["fc"], None),  # valid alone; with a backbone lr it is not (below)
     ],
@@ -135,3 +164,10 @@ def test_a_recipe_that_breaks_the_schema_is_one_error_line(tmp_path):
         assert out.returncode == 2, out.stderr
         assert out.stderr.startswith("error: ") and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
+
+
+def test_a_backbone_lr_cant_go_with_airbenchs_param_groups():
+    params = mutated("resnet18.optimizer", {"name": "sgd", "lr": 0.1, "bias_lr_scale": 64.0})
+    params["resnet18"]["backbone_lr"] = 1e-4
+    with pytest.raises(ParamsError, match=r"backbone_lr can.t go with optimizer\.decoupled or optimizer\.bias_lr"):
+        parse_params(params)

@@ -35,6 +35,13 @@ def test_settings_without_effect_are_left_out():
     assert resnet18["weights"] == "IMAGENET1K_V1" and "weights_path" not in resnet18
     from_file = model_params(parse_params(mutated("resnet18.weights_path", "w.pth")), "resnet18")
     assert from_file["weights_path"] == "w.pth" and "weights" not in from_file
+    seed = model_params(PARAMS, "cnn")  # the seed CNN: no wide net, no Lookahead
+    assert not any(k.startswith(("wide.", "scheduler.start_factor", "lookahead.decay")) for k in seed)
+    linear = {"name": "linear", "pct_start": 0.23, "start_factor": 0.2, "end_factor": 0.07}
+    fast = parse_params(mutated("cnn.scheduler", linear))
+    assert {k: v for k, v in model_params(fast, "cnn").items() if k.startswith("scheduler.")} == {
+        f"scheduler.{k}": v for k, v in linear.items()
+    }
 
 
 def test_the_runtime_is_logged_as_it_ran():

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from cifar_pipeline.core import yaml12
 from cifar_pipeline.core.errors import ParamsError
+from cifar_pipeline.core.fast_params import BatchNormParams, LookaheadParams, WideParams, fast_switch_conflict
 from cifar_pipeline.core.param_errors import describe
+from cifar_pipeline.core.strict import STRICT
 
 MODELS = ("cnn", "resnet34", "resnet18")
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -30,8 +32,7 @@ RGBStd = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_
 
 
 class Strict(BaseModel):
-    # strict: no bool for an int, no "32" for a number; allow_inf_nan: no .inf or .nan anywhere
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+    model_config = STRICT
 
 
 class DataParams(Strict):
@@ -109,12 +110,16 @@ class MlflowParams(Strict):
 
 class OptimizerParams(Strict):
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: Annotated[float, Field(gt=0, le=10)]
+    lr: Annotated[float, Field(gt=0, le=100)]  # up to 100: a decoupled lr is per 1024 images (airbench: 11.5)
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
     nesterov: bool = False  # SGD only
     # Linear scaling rule: the lr used is lr * batch_size / reference_batch_size (null: lr as given).
     reference_batch_size: PositiveInt | None = None
+    # airbench's form (SGD): lr is the step per 1024 images whatever the momentum, weight_decay the decay per
+    # 1024 images whatever the lr (the lr used: lr * batch_size / (1024 * (1 + 1 / (1 - momentum))))
+    decoupled: bool = False
+    bias_lr_scale: Annotated[float, Field(gt=0)] = 1.0  # BatchNorm biases: lr times this, the same decay step
 
     @model_validator(mode="after")
     def _nesterov_needs_sgd_momentum(self) -> OptimizerParams:
@@ -127,15 +132,17 @@ class OptimizerParams(Strict):
 
 
 class SchedulerParams(Strict):
-    """step and cosine change the lr once per epoch; onecycle and warmup_cosine once per step."""
+    """step and cosine change the lr once per epoch; onecycle, warmup_cosine and linear once per step."""
 
-    name: Literal["none", "step", "cosine", "onecycle", "warmup_cosine"] = "none"
+    name: Literal["none", "step", "cosine", "onecycle", "warmup_cosine", "linear"] = "none"
     step_size: PositiveInt = 10
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
-    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3  # onecycle: share of steps rising to the peak lr
+    pct_start: Annotated[float, Field(gt=0, lt=1)] = 0.3  # onecycle, linear: share of steps rising to the peak lr
     div_factor: Annotated[float, Field(ge=1)] = 25.0  # onecycle: starts at peak lr / div_factor
     final_div_factor: Annotated[float, Field(ge=1)] = 1e4  # onecycle: ends at start lr / final_div_factor
     warmup_epochs: Annotated[float, Field(ge=0)] = 0.0  # warmup_cosine: linear rise from 0, then cosine to 0
+    start_factor: Annotated[float, Field(ge=0, le=1)] = 0.2  # linear: lr factor at the first step, rising to 1
+    end_factor: Annotated[float, Field(ge=0, le=1)] = 0.0  # linear: lr factor at the last step, falling from 1
 
 
 class AugmentParams(Strict):
@@ -145,6 +152,8 @@ class AugmentParams(Strict):
     contrast: Annotated[float, Field(ge=0, lt=1)] = 0.0
     rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # max degrees, uniform in [-rotation, rotation]
     cutout: Annotated[int, Field(ge=0, le=32)] = 0  # side of the zeroed square, in pixels (0 = off)
+    alternate_flip: bool = False  # with hflip: each image flips in every other epoch (a random first one)
+    crop_reflect: bool = False  # crop_padding pads by reflection, not zeros
 
 
 class NormalizeParams(Strict):
@@ -160,7 +169,10 @@ class ModelParams(Strict):
     augment: AugmentParams = AugmentParams()
     normalize: NormalizeParams = NormalizeParams()
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training loss only
-    tta: Literal["none", "flip"] = "none"  # inference (validation, test, serving): flip = average with the mirror image
+    # inference (validation, test, serving): flip = average with the mirror image; flip_shift also 1-px shifts
+    tta: Literal["none", "flip", "flip_shift"] = "none"
+    batchnorm: BatchNormParams = BatchNormParams()
+    lookahead: LookaheadParams = LookaheadParams()
     compile: bool = False  # torch.compile the train step on a CUDA GPU (never with runtime.deterministic)
 
     @model_validator(mode="after")
@@ -173,16 +185,27 @@ class ModelParams(Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _fast_switches_fit(self) -> ModelParams:
+        problem = fast_switch_conflict(self)
+        if problem:
+            raise ValueError(problem)
+        return self
+
     def lr_scale(self) -> float:
         """Factor on every learning rate: batch_size / optimizer.reference_batch_size (linear scaling)."""
-        reference = self.optimizer.reference_batch_size
-        return self.batch_size / reference if reference else 1.0
+        opt = self.optimizer
+        if opt.decoupled:
+            return self.batch_size / (1024 * (1 + 1 / (1 - opt.momentum)))
+        return self.batch_size / opt.reference_batch_size if opt.reference_batch_size else 1.0
 
 
 class CnnParams(ModelParams):
     dropout: Probability = 0.5
     width: Annotated[float, Field(gt=0, le=8)] = 1.0  # multiplies every layer's channels (and the hidden units)
     extra_convs: Annotated[int, Field(ge=0, le=4)] = 0  # more conv-BN-ReLU layers per block, at its width
+    arch: Literal["seed", "wide"] = "seed"  # wide: the wide shallow GELU net of `wide` (no dropout, no width)
+    wide: WideParams = WideParams()
 
 
 class Resnet34Params(ModelParams):

@@ -1,9 +1,11 @@
 """Batched augmentation on whole uint8 image tensors, on whatever device they live.
 
-Matches torchvision's RandomCrop(32, padding, fill=0), RandomHorizontalFlip,
+Matches torchvision's RandomCrop(32, padding, fill=0 or padding_mode="reflect"), RandomHorizontalFlip,
 RandomRotation(degrees, bilinear, fill=0) and ColorJitter(brightness, contrast) in distribution, then
 applies Cutout (DeVries & Taylor 2017: a zeroed square at a uniform centre, clipped at the border).
 Every random draw comes from one generator, so a run is reproducible and its state can be checkpointed.
+Alternating flip (airbench) takes the flips from the loader instead: each image's random first choice,
+inverted in every other epoch.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ def to_unit_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
-def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
-    """Zero-pad by `padding` and take a random HxW window per image (offsets uniform in 0..2*padding)."""
+def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator, reflect: bool = False) -> torch.Tensor:
+    """Pad by `padding` (zeros, or reflection) and take a random HxW window per image (offsets uniform in
+    0..2*padding)."""
     n, _, h, w = x.shape
-    padded = torch.nn.functional.pad(x, (padding,) * 4)
+    padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect" if reflect else "constant")
     dy = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=gen)
     dx = torch.randint(0, 2 * padding + 1, (n,), device=x.device, generator=gen)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
@@ -96,14 +99,19 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, gen: torch
     )
 
 
-def augment(images: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> torch.Tensor:
-    """uint8 [N, 3, H, W] -> augmented float32 [N, 3, H, W] in [0, 1], processed in chunks."""
+def augment(
+    images: torch.Tensor, cfg: AugmentParams, gen: torch.Generator, flips: torch.Tensor | None = None
+) -> torch.Tensor:
+    """uint8 [N, 3, H, W] -> augmented float32 [N, 3, H, W] in [0, 1], processed in chunks. `flips` (bool [N],
+    with cfg.alternate_flip) says which images to mirror."""
     out = torch.empty(images.shape, dtype=torch.float32, device=images.device)
     for start in range(0, images.shape[0], CHUNK):
         x = to_unit_float(images[start : start + CHUNK])
         if cfg.crop_padding:
-            x = random_crop(x, cfg.crop_padding, gen)
-        if cfg.hflip:
+            x = random_crop(x, cfg.crop_padding, gen, cfg.crop_reflect)
+        if cfg.alternate_flip:
+            x = torch.where(flips[start : start + CHUNK, None, None, None], x.flip(3), x)
+        elif cfg.hflip:
             x = random_hflip(x, gen)
         if cfg.rotation:
             x = random_rotation(x, cfg.rotation, gen)

@@ -65,15 +65,24 @@ class Loader:
     ):
         self.data, self.batch_size, self.aug, self.generator, self.layout = data, batch_size, aug, generator, layout
         self.images, self.steps = steps_per_epoch(data.train_x.shape[0], batch_size)
+        self.first_flips = first_flips(data.train_x.shape[0], generator) if aug.alternate_flip else None
 
-    def epoch(self, start_state: torch.Tensor | None = None, skip: int = 0) -> tuple[torch.Tensor, Iterator[Batch]]:
-        """The generator's state at the epoch's start and the epoch's batches. To finish an interrupted
-        epoch, pass its start state and the number of batches it already trained on."""
+    def epoch(
+        self, start_state: torch.Tensor | None = None, skip: int = 0, number: int = 1
+    ) -> tuple[torch.Tensor, Iterator[Batch]]:
+        """The generator's state at the epoch's start and the epoch's batches (epoch `number`, from 1). To
+        finish an interrupted epoch, pass its start state and the number of batches it already trained on."""
         if start_state is not None:
             self.generator.set_state(start_state)
         state = self.generator.get_state()
         order = torch.randperm(self.data.train_x.shape[0], device=self.data.train_x.device, generator=self.generator)
-        xs = self.layout(augment(self.data.train_x[order], self.aug, self.generator))
+        flips = None if self.first_flips is None else self.first_flips[order] ^ (number % 2 == 0)
+        xs = self.layout(augment(self.data.train_x[order], self.aug, self.generator, flips))
         ys = self.data.train_y[order]
         b = self.batch_size
         return state, ((xs[i * b : (i + 1) * b], ys[i * b : (i + 1) * b]) for i in range(skip, self.steps))
+
+
+def first_flips(n: int, generator: torch.Generator) -> torch.Tensor:
+    """Alternating flip: which of the n training images are mirrored in odd epochs (in even ones, the others)."""
+    return torch.rand(n, device=generator.device, generator=generator) < 0.5

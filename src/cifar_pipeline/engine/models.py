@@ -12,6 +12,9 @@ from torch import nn
 
 from cifar_pipeline.core.config import CnnParams, ModelParams, Params, Resnet18Params, Resnet34Params
 from cifar_pipeline.core.errors import WeightsError
+from cifar_pipeline.core.fast_params import BatchNormParams
+from cifar_pipeline.engine import tta
+from cifar_pipeline.engine.wide_net import WideCNN
 
 NUM_CLASSES = 10
 
@@ -31,20 +34,22 @@ class Preprocess(nn.Module):
 
 
 class Classifier(nn.Module):
-    """preprocess -> net. With flip_tta, inference (eval mode) averages the class probabilities of each image
-    and its mirror image and returns their log, which works as logits; training is unchanged."""
+    """preprocess -> net. With a tta mode (engine/tta.py), inference (eval mode) averages the class
+    probabilities of each image's views and returns their log, which works as logits; training is unchanged."""
 
-    def __init__(self, preprocess: Preprocess, net: nn.Module, flip_tta: bool = False):
+    def __init__(self, preprocess: Preprocess, net: nn.Module, tta_mode: str = "none"):
         super().__init__()
         self.preprocess = preprocess
         self.net = net
-        self.flip_tta = flip_tta
+        self.tta_mode = tta_mode
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(self.preprocess(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training or not self.flip_tta:
-            return self.net(self.preprocess(x))
-        plain, mirrored = self.net(self.preprocess(torch.cat([x, x.flip(3)]))).float().chunk(2)
-        return ((plain.softmax(1) + mirrored.softmax(1)) / 2).log()
+        if self.training or self.tta_mode == "none":
+            return self.logits(x)
+        return tta.averaged(self.logits, x, self.tta_mode)
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -231,7 +236,10 @@ def build_model(name: str, cfg: ModelParams, *, pretrained: bool = True) -> Clas
     size = None
     if name == "cnn":
         assert isinstance(cfg, CnnParams)
-        net: nn.Module = SeedCNN(cfg.dropout, cfg.width, cfg.extra_convs)
+        if cfg.arch == "wide":
+            net: nn.Module = WideCNN(cfg.wide, cfg.extra_convs)
+        else:
+            net = SeedCNN(cfg.dropout, cfg.width, cfg.extra_convs)
     elif name == "resnet34":
         assert isinstance(cfg, Resnet34Params)
         net = ResNet34(cfg.stem) if cfg.arch == "pipeline" else torchvision_resnet34(cfg.stem)
@@ -241,7 +249,18 @@ def build_model(name: str, cfg: ModelParams, *, pretrained: bool = True) -> Clas
         size = cfg.image_size
     else:
         raise ValueError(f"unknown model {name!r}")
-    return Classifier(Preprocess(cfg.normalize.mean, cfg.normalize.std, size), net, flip_tta=cfg.tta == "flip")
+    if cfg.batchnorm != BatchNormParams():
+        tune_batchnorm(net, cfg.batchnorm)
+    return Classifier(Preprocess(cfg.normalize.mean, cfg.normalize.std, size), net, cfg.tta)
+
+
+def tune_batchnorm(net: nn.Module, cfg: BatchNormParams) -> None:
+    """Set every BatchNorm layer's momentum and eps; with weight false its scale stays 1 (frozen)."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum, m.eps = cfg.momentum, cfg.eps
+            if not cfg.weight:
+                m.weight.requires_grad_(False)
 
 
 def model_from_params(params: Params, name: str, *, pretrained: bool = True) -> Classifier:

@@ -18,9 +18,11 @@ from cifar_pipeline.core.errors import Interrupted
 from cifar_pipeline.engine import optim
 from cifar_pipeline.engine.device import Settings, explain_oom, loss_and_accuracy, predict, use_project_compile_cache
 from cifar_pipeline.engine.loader import DeviceData, Loader
+from cifar_pipeline.engine.lookahead import Lookahead, make_lookahead
 from cifar_pipeline.engine.models import model_from_params
 from cifar_pipeline.engine.progress import EpochCursor, EpochResult
 from cifar_pipeline.engine.step import TrainStep
+from cifar_pipeline.engine.whitening import fit_whitening
 
 
 def seed_everything(seed: int) -> None:
@@ -42,9 +44,10 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: optim.Scheduler,
         step: TrainStep,
+        lookahead: Lookahead | None = None,
     ):
         self.name, self.model, self.cfg, self.settings, self.loader = name, model, cfg, settings, loader
-        self.optimizer, self.scheduler, self.step = optimizer, scheduler, step
+        self.optimizer, self.scheduler, self.step, self.lookahead = optimizer, scheduler, step, lookahead
         self.per_step = cfg.scheduler.name in optim.PER_STEP_SCHEDULERS
         self.stop_signal: int | None = None
 
@@ -61,7 +64,7 @@ class Trainer:
         """One epoch; `resume` (from Interrupted.cursor) finishes an interrupted one."""
         start = time.perf_counter()
         done = resume.steps if resume else 0
-        start_state, batches = self.loader.epoch(resume.generator if resume else None, done)
+        start_state, batches = self.loader.epoch(resume.generator if resume else None, done, epoch)
         lr, earlier_seconds, sums = optim.current_lr(self.optimizer), 0.0, (0.0, 0)  # the lr logged: at the start
         if resume is not None:
             lr, earlier_seconds, sums = resume.lr, resume.seconds, (resume.loss_sum, resume.correct)
@@ -73,6 +76,8 @@ class Trainer:
                 self.step(x, y)
                 if self.per_step:
                     self.scheduler.step()
+                if self.lookahead:
+                    self.lookahead.after_step((epoch - 1) * steps + index + 1, index + 1 == steps)
                 advance()
                 if self.stop_signal is not None and index + 1 < steps:
                     raise Interrupted(
@@ -138,12 +143,15 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "generator": self.loader.generator.get_state(),
+            **({"lookahead": self.lookahead.state_dict()} if self.lookahead else {}),
         }
 
     def load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         optim.load_state(self.optimizer, self.scheduler, state, self.settings)
         self.loader.generator.set_state(state["generator"])
+        if self.lookahead:
+            self.lookahead.load_state_dict(state["lookahead"])
 
 
 def build_trainer(params: Params, name: str, settings: Settings, data: DeviceData, pretrained: bool = False) -> Trainer:
@@ -160,7 +168,9 @@ def build_trainer(params: Params, name: str, settings: Settings, data: DeviceDat
         # Under compile inductor picks the weights' layout (channels_last weights made it fail an
         # assertion in convolution_backward for ResNet-34).
         model.to(memory_format=torch.channels_last)
+    fit_whitening(model, data.train_x)
     loader = Loader(data, cfg.batch_size, cfg.augment, generator, settings.layout)
     optimizer, scheduler = optim.make_optimizer(model, cfg, settings, loader.steps)
     step = TrainStep(model, optimizer, settings, cfg.batch_size, cfg.label_smoothing)
-    return Trainer(name, model, cfg, settings, loader, optimizer, scheduler, step)
+    lookahead = make_lookahead(model, cfg.lookahead, cfg.epochs * loader.steps)
+    return Trainer(name, model, cfg, settings, loader, optimizer, scheduler, step, lookahead)

@@ -70,12 +70,14 @@ def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
 
 
 SCHEDULER_KEYS = {
-    "step_size": "step",
-    "gamma": "step",
-    "pct_start": "onecycle",
-    "div_factor": "onecycle",
-    "final_div_factor": "onecycle",
-    "warmup_epochs": "warmup_cosine",
+    "step_size": ("step",),
+    "gamma": ("step",),
+    "pct_start": ("onecycle", "linear"),
+    "div_factor": ("onecycle",),
+    "final_div_factor": ("onecycle",),
+    "warmup_epochs": ("warmup_cosine",),
+    "start_factor": ("linear",),
+    "end_factor": ("linear",),
 }
 
 
@@ -86,8 +88,12 @@ def model_params(params: Params, name: str) -> dict[str, object]:
         del cfg["optimizer"]["momentum"], cfg["optimizer"]["nesterov"]
     scheduler = cfg["scheduler"]
     for key, used_by in SCHEDULER_KEYS.items():
-        if scheduler["name"] != used_by:
+        if scheduler["name"] not in used_by:
             del scheduler[key]
+    if cfg.get("arch") == "seed":
+        del cfg["wide"]
+    if not cfg["lookahead"]["every"]:
+        del cfg["lookahead"]["decay"]
     if name == "resnet18":
         del cfg["weights" if cfg["weights_path"] else "weights_path"]
     return {k: v for k, v in flatten(cfg).items() if v is not None}  # an unset option has no effect
