@@ -60,6 +60,11 @@ class RuntimeParams(Strict):
     cudnn_benchmark: bool = False
     deterministic: bool = False
     eval_batch_size: PositiveInt = 1024
+    # One training across processes (docs/setup.md#one-training-across-gpus): torchrun ranks per machine,
+    # each on its own GPU (on a CPU, device: cpu, gloo ranks); batch sizes stay global (split across ranks).
+    gpus: PositiveInt = 1
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on a CPU
+    sync_bn: bool = False  # batch statistics over the global batch, not each rank's share (gpus > 1)
 
     @field_validator("device")
     @classmethod
