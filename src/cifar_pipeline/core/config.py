@@ -246,8 +246,11 @@ class Params(Strict):
         }
 
     def stage_key(self, name: str) -> str:
-        """Hash of the params that change a training run's result (resume is keyed to it)."""
-        blob = json.dumps(self.stage_params(name), sort_keys=True).encode()
+        """Hash of the params that change a training run's result (resume is keyed to it). runtime.gpus is left
+        out: the checkpoint records its number of ranks, and the training stage names a change of it."""
+        view = self.stage_params(name)
+        del view["runtime"]["gpus"]
+        blob = json.dumps(view, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
