@@ -41,10 +41,8 @@ def check(runtime: RuntimeParams, cfg: ModelParams, model: str) -> None:
     cuda = runtime.device != "cpu" and torch.cuda.is_available()
     visible = torch.cuda.device_count() if cuda else 0
     if runtime.device != "cpu" and n > visible:
-        raise ParamsError(
-            f"runtime.gpus = {n} but {visible} GPU(s) are visible; set runtime.gpus to at most {visible}"
-            + (" (or runtime.device: cpu to run the ranks on the CPU, with gloo)" if not visible else "")
-        )
+        fix = f"at most {visible}" if visible else f"1, or runtime.device: cpu for {n} gloo ranks on the CPU"
+        raise ParamsError(f"runtime.gpus = {n} but {visible} GPU(s) are visible; set runtime.gpus to {fix}")
     if runtime.backend == "nccl" and not cuda:
         raise ParamsError("runtime.backend = nccl needs CUDA GPUs, and the ranks run on the CPU; use gloo or auto")
     world = n * nodes()
