@@ -85,7 +85,7 @@ def assert_same_weights(expected: Path, actual: Path) -> None:
 
 
 def descendants(pid: int) -> list[int]:
-    """The processes under pid (children, theirs, ...), from /proc."""
+    """The processes under pid (children, theirs, ...) that run the project's code, from /proc."""
     parents = {}
     for entry in Path("/proc").iterdir():
         try:
@@ -99,14 +99,18 @@ def descendants(pid: int) -> list[int]:
         children = [p for p, parent in parents.items() if parent in frontier]
         found += children
         frontier = children
-    return found
+    return [p for p in found if b"cifar_pipeline" in read(f"/proc/{p}/cmdline")]
+
+
+def read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:
+        return b""
 
 
 def rank_of(pid: int) -> int | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return None
+    environ = read(f"/proc/{pid}/environ").split(b"\0")
     ranks = [int(v.split(b"=")[1]) for v in environ if v.startswith(b"RANK=")]
     return ranks[0] if ranks else None
 
@@ -118,6 +122,7 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_two_ranks_log_one_run_and_write_the_outputs_of_one_rank(reference, tmp_path):
     params = assert_one_complete_run(reference)
     assert params["runtime.world_size"] == "2" and params["runtime.backend"] == "gloo"
@@ -168,10 +173,30 @@ def test_sigterm_to_the_repro_group_checkpoints_every_rank_mid_epoch_and_resumes
     proc = start_in_own_group(["dvc", "repro", "train_cnn"], ranked)
     wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
     processes = descendants(proc.pid)
-    os.killpg(
-        proc.pid, signal.SIGTERM
-    )  # as a scheduler or Ctrl-C (SIGINT) does; the ranks are in sessions of their own
+    # as a scheduler (or Ctrl-C, with SIGINT) does; torchrun passes it on to the ranks, in sessions of their own
+    os.killpg(proc.pid, signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
+    assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
+    assert not [pid for pid in processes if alive(pid)]
+    _, runs = cnn_runs(ranked)
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+    rerun = run(["dvc", "repro", "train_cnn"], ranked)
+    assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
+    assert_one_complete_run(ranked)
+    assert_same_weights(reference, ranked)
+
+
+@pytest.mark.slow
+@pytest.mark.slow
+def test_sigkill_of_the_repro_group_stops_the_ranks_with_a_mid_epoch_checkpoint(ranked, reference):
+    edit_params(ranked, progress=True)
+    proc = start_in_own_group(["dvc", "repro", "train_cnn"], ranked)
+    wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
+    processes = descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the launcher; the ranks, in sessions of their own, get SIGTERM
+    out = proc.stdout.read()  # until the last rank closes its end of the pipe
+    proc.wait()
     assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
     assert not [pid for pid in processes if alive(pid)]
     _, runs = cnn_runs(ranked)
