@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import select
 import shutil
 import signal
 import sys
@@ -115,11 +116,21 @@ def rank_of(pid: int) -> int | None:
     return ranks[0] if ranks else None
 
 
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def still_running(pids: list[int], timeout: float = 60) -> list[int]:
+    """Those of pids that have not ended within timeout: a process that closed its output may still be
+    exiting, so wait on each one's pidfd (readable once it has ended)."""
+    left = []
+    for pid in pids:
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            if not select.select([fd], [], [], timeout)[0]:
+                left.append(pid)
+        finally:
+            os.close(fd)
+    return left
 
 
 @pytest.mark.slow
@@ -157,7 +168,7 @@ def test_sigkill_of_one_rank_ends_every_rank_and_repro_resumes_to_the_same_weigh
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode != 0, out
     assert "rank 1 ended first (SIGKILL)" in out, out
-    assert not [pid for pid in processes if alive(pid)], "a process of the killed run is still running"
+    assert not still_running(processes), "a process of the killed run is still running"
     _, runs = cnn_runs(ranked)
     assert [r.info.status for r in runs] != ["RUNNING"]
 
@@ -177,7 +188,7 @@ def test_sigterm_to_the_repro_group_checkpoints_every_rank_mid_epoch_and_resumes
     os.killpg(proc.pid, signal.SIGTERM)
     out = proc.communicate(timeout=300)[0]
     assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
-    assert not [pid for pid in processes if alive(pid)]
+    assert not still_running(processes)
     _, runs = cnn_runs(ranked)
     assert [r.info.status for r in runs] == ["KILLED"]
 
@@ -198,7 +209,7 @@ def test_sigkill_of_the_repro_group_stops_the_ranks_with_a_mid_epoch_checkpoint(
     out = proc.stdout.read()  # until the last rank closes its end of the pipe
     proc.wait()
     assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
-    assert not [pid for pid in processes if alive(pid)]
+    assert not still_running(processes)
     _, runs = cnn_runs(ranked)
     assert [r.info.status for r in runs] == ["KILLED"]
 
