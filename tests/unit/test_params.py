@@ -210,6 +210,8 @@ def test_every_problem_is_reported_at_once():
         ("seed", 7, True),
         ("runtime.deterministic", True, True),
         ("progress", False, False),
+        ("runtime.sync_bn", True, True),
+        ("runtime.gpus", 2, False),  # the checkpoint records its ranks: a change is named, not a silent fresh start
         ("resnet34.optimizer.lr", 0.01, False),
         ("resnet18.epochs", 3, False),
     ],

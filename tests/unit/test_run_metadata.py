@@ -50,6 +50,7 @@ def test_the_runtime_is_logged_as_it_ran():
     assert resolved["device"] == "cpu" and resolved["torch"] == torch.__version__
     assert not any(resolved[k] for k in ("bf16", "channels_last", "cuda_graphs", "compile"))  # CUDA only
     assert "progress" not in resolved and "cudnn_benchmark" not in resolved
+    assert (resolved["world_size"], resolved["backend"], resolved["sync_bn"]) == (1, "none", False)  # alone
 
 
 def test_per_epoch_curves_are_grouped_ahead_of_single_values():

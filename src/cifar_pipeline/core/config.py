@@ -61,6 +61,11 @@ class RuntimeParams(Strict):
     cudnn_benchmark: bool = False
     deterministic: bool = False
     eval_batch_size: PositiveInt = 1024
+    # One training across processes (docs/setup.md#one-training-across-gpus): torchrun ranks per machine,
+    # each on its own GPU (on a CPU, device: cpu, gloo ranks); batch sizes stay global (split across ranks).
+    gpus: PositiveInt = 1
+    backend: Literal["auto", "nccl", "gloo"] = "auto"  # auto: nccl on CUDA, gloo on a CPU
+    sync_bn: bool = False  # batch statistics over the global batch, not each rank's share (gpus > 1)
 
     @field_validator("device")
     @classmethod
@@ -264,8 +269,11 @@ class Params(Strict):
         }
 
     def stage_key(self, name: str) -> str:
-        """Hash of the params that change a training run's result (resume is keyed to it)."""
-        blob = json.dumps(self.stage_params(name), sort_keys=True).encode()
+        """Hash of the params that change a training run's result (resume is keyed to it). runtime.gpus is left
+        out: the checkpoint records its number of ranks, and the training stage names a change of it."""
+        view = self.stage_params(name)
+        del view["runtime"]["gpus"]
+        blob = json.dumps(view, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,9 @@ from cifar_pipeline.core.config import RuntimeParams
 from cifar_pipeline.core.errors import TrainingError
 from cifar_pipeline.core.paths import COMPILE_CACHE_DIR, GPU_LOCK_DIR, project_root
 from cifar_pipeline.engine.gpus import claim_free_gpu
+
+if TYPE_CHECKING:
+    from cifar_pipeline.engine.distributed import Ranks
 
 
 def use_project_compile_cache() -> None:
@@ -105,6 +109,7 @@ class Settings:
     compile: bool
     eval_batch_size: int
     progress: bool
+    ranks: Ranks | None = None  # this process's place among torchrun's ranks (distributed.join); None: alone
 
     @classmethod
     def resolve(cls, runtime: RuntimeParams, progress: bool = False, compile: bool = False) -> Settings:

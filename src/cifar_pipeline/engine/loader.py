@@ -10,6 +10,7 @@ import torch
 
 from cifar_pipeline.core.config import AugmentParams
 from cifar_pipeline.core.data import Cifar10, split_indices
+from cifar_pipeline.core.errors import TrainingError
 from cifar_pipeline.engine.augment import augment, to_unit_float
 
 
@@ -41,10 +42,13 @@ class DeviceData:
         )
 
 
-def steps_per_epoch(n: int, batch_size: int) -> tuple[int, int]:
+def steps_per_epoch(n: int, batch_size: int, whole_batches: bool = False) -> tuple[int, int]:
     """(images used, steps) per epoch: BatchNorm can't train on one image, so a last batch of one is
-    dropped (the dropped image is in a random place each epoch)."""
-    if n % batch_size == 1:
+    dropped (the dropped image is in a random place each epoch); with `whole_batches` (several ranks, each
+    training on an equal share of every batch) a last partial batch is dropped."""
+    if whole_batches:
+        n -= n % batch_size
+    elif n % batch_size == 1:
         n -= 1
     return n, -(-n // batch_size)
 
@@ -53,7 +57,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class Loader:
-    """One model's epochs over the device data; every random draw comes from `generator`."""
+    """One model's epochs over the device data; every random draw comes from `generator`. Of each batch
+    of `batch_size` images, rank r of `world_size` trains on rows [r * local_batch, (r + 1) * local_batch)."""
 
     def __init__(
         self,
@@ -62,9 +67,18 @@ class Loader:
         aug: AugmentParams,
         generator: torch.Generator,
         layout: Callable[[torch.Tensor], torch.Tensor],
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.data, self.batch_size, self.aug, self.generator, self.layout = data, batch_size, aug, generator, layout
-        self.images, self.steps = steps_per_epoch(data.train_x.shape[0], batch_size)
+        self.images, self.steps = steps_per_epoch(data.train_x.shape[0], batch_size, world_size > 1)
+        if self.steps == 0:
+            raise TrainingError(
+                f"{data.train_x.shape[0]} training images are fewer than one batch of {batch_size} split over "
+                f"{world_size} ranks; lower the batch size or raise data.train_limit"
+            )
+        self.local_batch = batch_size // world_size
+        self.offset = rank * self.local_batch
         self.first_flips = first_flips(data.train_x.shape[0], generator) if aug.alternate_flip else None
 
     def epoch(
@@ -79,8 +93,8 @@ class Loader:
         flips = None if self.first_flips is None else self.first_flips[order] ^ (number % 2 == 0)
         xs = self.layout(augment(self.data.train_x[order], self.aug, self.generator, flips))
         ys = self.data.train_y[order]
-        b = self.batch_size
-        return state, ((xs[i * b : (i + 1) * b], ys[i * b : (i + 1) * b]) for i in range(skip, self.steps))
+        starts = (i * self.batch_size + self.offset for i in range(skip, self.steps))
+        return state, ((xs[s : s + self.local_batch], ys[s : s + self.local_batch]) for s in starts)
 
 
 def first_flips(n: int, generator: torch.Generator) -> torch.Tensor:

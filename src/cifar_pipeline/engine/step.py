@@ -44,9 +44,6 @@ class TrainStep:
         self.loss_sum.fill_(loss_sum)
         self.correct.fill_(correct)
 
-    def sums(self) -> tuple[float, int]:
-        return self.loss_sum.item(), self.correct.item()
-
     def _forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with self.settings.autocast():
             logits = self.model(x)

@@ -15,7 +15,7 @@ from torch import nn
 
 from cifar_pipeline.core.config import ModelParams, Params
 from cifar_pipeline.core.errors import Interrupted
-from cifar_pipeline.engine import optim
+from cifar_pipeline.engine import distributed, optim
 from cifar_pipeline.engine.device import Settings, explain_oom, loss_and_accuracy, predict, use_project_compile_cache
 from cifar_pipeline.engine.loader import DeviceData, Loader
 from cifar_pipeline.engine.lookahead import Lookahead, make_lookahead
@@ -57,8 +57,21 @@ class Trainer:
 
     def validate(self) -> tuple[float, float]:
         with explain_oom(f"validating {self.name}", "runtime.eval_batch_size", self.settings.eval_batch_size):
+            if self.settings.ranks:
+                return distributed.validate(self.model, self.data.val_x, self.data.val_y, self.settings)
             logits = predict(self.model, self.data.val_x, self.settings)
         return loss_and_accuracy(logits, self.data.val_y)
+
+    def agreed_stop(self) -> int | None:
+        """The signal that stops training now: this process's, or with several ranks any rank's (a collective
+        call: every rank makes it at the same step)."""
+        ranks = self.settings.ranks
+        return ranks.agreed_stop(self.stop_signal) if ranks else self.stop_signal
+
+    def _sums(self) -> torch.Tensor:
+        """The epoch's loss and correct-prediction sums so far, over all ranks."""
+        sums = torch.stack([self.step.loss_sum, self.step.correct.float()])
+        return self.settings.ranks.total(sums) if self.settings.ranks else sums
 
     def train_epoch(self, epoch: int, resume: EpochCursor | None = None) -> EpochResult:
         """One epoch; `resume` (from Interrupted.cursor) finishes an interrupted one."""
@@ -68,6 +81,8 @@ class Trainer:
         lr, earlier_seconds, sums = optim.current_lr(self.optimizer), 0.0, (0.0, 0)  # the lr logged: at the start
         if resume is not None:
             lr, earlier_seconds, sums = resume.lr, resume.seconds, (resume.loss_sum, resume.correct)
+            if self.settings.ranks and not self.settings.ranks.main:  # the cursor holds all ranks' sums
+                sums = (0.0, 0)
         self.model.train()
         self.step.reset(*sums)
         steps = self.loader.steps
@@ -79,20 +94,14 @@ class Trainer:
                 if self.lookahead:
                     self.lookahead.after_step((epoch - 1) * steps + index + 1, index + 1 == steps)
                 advance()
-                if self.stop_signal is not None and index + 1 < steps:
+                if index + 1 < steps and (stop := self.agreed_stop()) is not None:
+                    loss_sum, correct = self._sums().tolist()
+                    seconds = earlier_seconds + time.perf_counter() - start
                     raise Interrupted(
-                        self.stop_signal,
-                        EpochCursor(
-                            epoch,
-                            index + 1,
-                            start_state,
-                            lr,
-                            *self.step.sums(),
-                            earlier_seconds + time.perf_counter() - start,
-                        ),
+                        stop, EpochCursor(epoch, index + 1, start_state, lr, loss_sum, int(correct), seconds)
                     )
             n = self.loader.images
-            train_loss, train_acc = (torch.stack([self.step.loss_sum, self.step.correct.float()]) / n).tolist()
+            train_loss, train_acc = (self._sums() / n).tolist()
         train_seconds = earlier_seconds + time.perf_counter() - start
         if not self.per_step:
             self.scheduler.step()
@@ -144,6 +153,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "generator": self.loader.generator.get_state(),
             **({"lookahead": self.lookahead.state_dict()} if self.lookahead else {}),
+            "world_size": self.settings.ranks.world_size if self.settings.ranks else 1,
         }
 
     def load_state(self, state: dict) -> None:
@@ -162,6 +172,9 @@ def build_trainer(params: Params, name: str, settings: Settings, data: DeviceDat
     cfg = params.model(name)
     seed_everything(params.seed)
     model = model_from_params(params, name, pretrained=pretrained)
+    ranks = settings.ranks
+    if ranks and params.runtime.sync_bn:
+        model = distributed.sync_batchnorm(model, settings.device)
     generator = torch.Generator(device=settings.device).manual_seed(params.seed)
     model.to(settings.device)
     if settings.channels_last and not settings.compile:
@@ -169,8 +182,10 @@ def build_trainer(params: Params, name: str, settings: Settings, data: DeviceDat
         # assertion in convolution_backward for ResNet-34).
         model.to(memory_format=torch.channels_last)
     fit_whitening(model, data.train_x)
-    loader = Loader(data, cfg.batch_size, cfg.augment, generator, settings.layout)
+    place = (ranks.rank, ranks.world_size) if ranks else (0, 1)
+    loader = Loader(data, cfg.batch_size, cfg.augment, generator, settings.layout, *place)
     optimizer, scheduler = optim.make_optimizer(model, cfg, settings, loader.steps)
-    step = TrainStep(model, optimizer, settings, cfg.batch_size, cfg.label_smoothing)
+    stepped = distributed.wrap(model, settings) if ranks else model
+    step = TrainStep(stepped, optimizer, settings, loader.local_batch, cfg.label_smoothing)
     lookahead = make_lookahead(model, cfg.lookahead, cfg.epochs * loader.steps)
     return Trainer(name, model, cfg, settings, loader, optimizer, scheduler, step, lookahead)

@@ -63,6 +63,10 @@ def resolved_runtime(runtime: RuntimeParams, settings) -> dict[str, object]:
         "compile": settings.compile,
         "deterministic": runtime.deterministic,
         "eval_batch_size": settings.eval_batch_size,
+        # several ranks: batch sizes and lrs are the global ones, each rank trains on batch_size / world_size
+        "world_size": settings.ranks.world_size if settings.ranks else 1,
+        "backend": settings.ranks.backend if settings.ranks else "none",
+        "sync_bn": bool(settings.ranks) and runtime.sync_bn,
     }
     if cuda:
         resolved["cudnn_benchmark"] = runtime.cudnn_benchmark and not runtime.deterministic

@@ -13,7 +13,7 @@ from cifar_pipeline.core.config import Params, load_params
 from cifar_pipeline.core.data import in_background, load_arrays, md5sum
 from cifar_pipeline.core.errors import Diverged, Interrupted, ParamsError
 from cifar_pipeline.core.paths import check_writable, project_root
-from cifar_pipeline.engine import checkpoint
+from cifar_pipeline.engine import checkpoint, distributed
 from cifar_pipeline.engine.device import Settings, explain_oom
 from cifar_pipeline.engine.loader import DeviceData
 from cifar_pipeline.engine.models import check_weights_path
@@ -43,7 +43,14 @@ def resume_key(params: Params, name: str, device: torch.device, data_md5: str) -
 
 def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
     """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
-    settings = Settings.resolve(params.runtime, params.progress, params.model(name).compile)
+    settings = distributed.join(
+        Settings.resolve(params.runtime, params.progress, params.model(name).compile), params.runtime
+    )
+    if settings.ranks and not settings.ranks.main:  # trains alongside rank 0, which alone writes and logs
+        from cifar_pipeline.training.ranks import RankRun  # it imports this module
+
+        data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
+        return RankRun(params, name, settings, data).run()
     check_writable(
         paths.model_dir(name),
         paths.train_summary(name).parent,
@@ -103,7 +110,9 @@ class StageRun:
 
     def run(self) -> dict:
         try:
-            state = checkpoint.load_resume(self.resume_file, self.recorder.key)
+            state = self._continuable(checkpoint.load_resume(self.resume_file, self.recorder.key))
+            if self.settings.ranks:  # every rank resumes from it, or starts afresh
+                self.settings.ranks.from_main(state and {k: state[k] for k in ("trainer", "rng", "epoch", "partial")})
             resumed = state is not None and self._resume(state)
             if not resumed:
                 self._start()
@@ -112,8 +121,9 @@ class StageRun:
             with self.trainer.stop_on_signals():
                 for epoch in range(self.progress.epoch + 1, self.cfg.epochs + 1):
                     self._epoch(epoch)
-                    if self.trainer.stop_signal is not None and epoch < self.cfg.epochs:
-                        raise Interrupted(self.trainer.stop_signal)
+                    stop = self.trainer.agreed_stop()
+                    if stop is not None and epoch < self.cfg.epochs:
+                        raise Interrupted(stop)
                 self.recorder.wait()
                 check_params_unchanged(self.params, self.name, self.params_file)
                 summary = write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker, self.classes)
@@ -132,15 +142,27 @@ class StageRun:
         self.resume_file.unlink(missing_ok=True)
         return summary
 
-    def _resume(self, state: dict) -> bool:
-        """Continue the checkpointed run, or warn and return False when it can't be continued."""
-        problem = self.tracker.resume_problem(state["run_id"])
-        if problem:  # e.g. mlflow.tracking_uri or mlflow.experiment changed since the kill
+    def _continuable(self, state: dict | None) -> dict | None:
+        """The checkpoint, or None (with a warning) when its run can't be continued here."""
+        if state is None:
+            return None
+        problem = self.tracker.resume_problem(state["run_id"])  # e.g. mlflow.tracking_uri changed since the kill
+        world, saved = (
+            self.settings.ranks.world_size if self.settings.ranks else 1,
+            state["trainer"].get("world_size", 1),
+        )
+        if not problem and saved != world:
+            problem = f"it was written by a training of {saved} rank(s) and this one has {world}"
+        if problem:
             warnings.warn(
                 f"resume checkpoint {self.resume_file} can't be continued: {problem}; starting a fresh run",
                 stacklevel=2,
             )
-            return False
+            return None
+        return state
+
+    def _resume(self, state: dict) -> bool:
+        """Continue the checkpointed run, or warn and return False when it doesn't fit this code."""
         try:
             self.trainer = build_trainer(self.params, self.name, self.settings, self.data)
             self.trainer.load_state(state["trainer"])
