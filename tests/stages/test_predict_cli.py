@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import sys
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from cifar_pipeline.core.config import CnnParams, Resnet34Params
 from cifar_pipeline.engine import checkpoint
 from cifar_pipeline.engine.models import build_model
 from helpers.data import CLASSES
+from helpers.images import png_header
 from helpers.processes import assert_clean_failure, free_port, run
 from helpers.project import random_resnet18_weights
 
@@ -115,19 +114,6 @@ def test_exif_orientation_is_applied_as_a_viewer_does(tmp_path):
     sideways.save(tmp_path / "phone.jpg", quality=95, exif=exif)
     read = predict.read_image(tmp_path / "phone.jpg").astype(int)
     assert np.abs(read - predict.read_image(tmp_path / "upright.jpg")).mean() < 2
-
-
-def png_header(width: int, height: int) -> bytes:
-    """A PNG file that says it is width x height pixels and holds none: enough for Pillow's size check."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-        + chunk(b"IEND", b"")
-    )
 
 
 def bad(tmp_path, name: str, content: bytes):

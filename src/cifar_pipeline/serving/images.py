@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cifar_pipeline.serving.classifier import ImageInputError, resize_to_cifar
+from cifar_pipeline.serving.classifier import CIFAR_SIZE, ImageInputError, resize_to_cifar
 
 FORMATS = ("PNG", "JPEG")
 SIXTEEN_BIT_GRAY = {"I;16", "I;16B", "I;16L", "I"}  # how Pillow opens a 16-bit grayscale PNG
@@ -42,5 +42,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 
 def to_cifar(rgb: np.ndarray) -> np.ndarray:
     """uint8 (H, W, 3) -> uint8 (32, 32, 3), with the model's antialiased downscale."""
+    if rgb.shape[:2] == (CIFAR_SIZE, CIFAR_SIZE):  # as resize_to_cifar leaves it, without torch's per-call cost
+        return rgb
     small = resize_to_cifar(torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255))
     return small[0].permute(1, 2, 0).mul_(255).round_().to(torch.uint8).numpy()
