@@ -1,15 +1,19 @@
 """A trained project used as users would: the predict CLI, the registered model loaded by alias in a
-fresh process, and `mlflow models serve`, all agreeing with the evaluate stage image for image."""
+fresh process, and `mlflow models serve`, all agreeing with the evaluate stage image for image; the
+served model's input schema, and its short error answers."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +28,7 @@ from cifar_pipeline.core.config import load_params
 from cifar_pipeline.engine.augment import to_unit_float
 from cifar_pipeline.engine.device import Settings, predict
 from cifar_pipeline.reporting.evaluation import load_trained
+from helpers.images import png_header
 from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
 
 pytestmark = pytest.mark.slow
@@ -119,25 +124,21 @@ def test_predict_cli_matches_evaluate_for_a_file_and_an_alias(trained, test_set,
 
 def test_registered_model_loads_by_alias_in_a_fresh_process(trained, test_set, evaluate_predictions):
     script = textwrap.dedent(f"""
-        import json, sys
-        import mlflow, numpy as np
+        import json, pathlib, sys
+        import mlflow, pandas as pd
         mlflow.set_tracking_uri({store_uri(trained)!r})
         model = mlflow.pyfunc.load_model({MODEL_URI!r})
-        with np.load("data/cifar10.npz") as npz:
-            images = npz["test_x"]
-        as_uint8 = model.predict(images)
-        as_float = model.predict(images.astype(np.float32) / 255)
-        json.dump({{"uint8": as_uint8["class"].tolist(), "float": as_float["class"].tolist(),
-                   "columns": as_uint8.columns.tolist(), "sums": as_uint8.iloc[:, 1:].sum(axis=1).tolist()}},
-                  sys.stdout)
+        files = sorted(pathlib.Path("test_images").glob("*.png"))
+        answer = model.predict(pd.DataFrame({{"image": [f.read_bytes() for f in files]}}))
+        json.dump({{"classes": answer["class"].tolist(), "columns": answer.columns.tolist(),
+                   "sums": answer.iloc[:, 1:].sum(axis=1).tolist()}}, sys.stdout)
     """)
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=trained, env=stage_env(), capture_output=True, text=True, timeout=600
     )  # stage_env drops every MLFLOW_* variable but telemetry
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    assert result["uint8"] == evaluate_predictions
-    assert result["float"] == evaluate_predictions
+    assert result["classes"] == evaluate_predictions
     assert result["columns"] == ["class", *test_set[3]]
     assert np.allclose(result["sums"], 1, atol=1e-4)
 
@@ -152,45 +153,78 @@ def test_logged_model_is_code_plus_weights_no_pickle(trained):
     assert flavor["loader_module"] == "mlflow.pyfunc.loaders.code_model"
     assert "python_model" not in flavor  # no cloudpickled object
     assert not [f for _, _, files in os.walk(local) for f in files if f.endswith((".pkl", ".pickle"))]
+    assert json.loads(mlmodel["signature"]["inputs"]) == [{"type": "binary", "name": "image", "required": True}]
     assert json.loads(mlmodel["signature"]["outputs"])[0]["name"] == "class"
-    assert os.path.isfile(os.path.join(local, "input_example.json"))
+    example = json.loads(Path(local, "serving_input_example.json").read_text())  # what MLflow's docs tell to send
+    assert example["dataframe_split"]["columns"] == ["image"]
 
 
-def test_mlflow_models_serve_answers_with_class_names(trained, test_set, evaluate_predictions):
+@pytest.fixture(scope="module")
+def served(trained):
+    """`mlflow models serve` of the champion on a free loopback port, as docs/serving.md starts it."""
     port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local"]
     server = start_in_own_group(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            MODEL_URI,
-            "--env-manager",
-            "local",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        trained,
-        MLFLOW_TRACKING_URI=store_uri(trained),
+        [*cmd, "-h", "127.0.0.1", "-p", str(port)], trained, MLFLOW_TRACKING_URI=store_uri(trained)
     )
     try:
         wait_for_line(server, r"Uvicorn running on|Listening at")  # ready once uvicorn says it is listening
-        body = json.dumps({"inputs": test_set[1].tolist()}).encode()
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
-        )
-        with urllib.request.urlopen(request, timeout=300) as response:
-            answer = json.load(response)
+        yield f"http://127.0.0.1:{port}/invocations"
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=60)
-    predictions = answer["predictions"]
+
+
+def post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def images_request(files: list[bytes]) -> bytes:
+    """The request docs/serving.md shows: each file base64-encoded, one row of `dataframe_split` each."""
+    rows = [[base64.b64encode(file).decode()] for file in files]
+    return json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+
+
+def test_served_model_answers_encoded_images_as_evaluate_does(served, test_set, evaluate_predictions):
+    folder, images = test_set[0], test_set[1]
+    files = [path.read_bytes() for path in sorted(folder.glob("*.png"))]
+    body = images_request(files)
+    assert len(body) < len(json.dumps({"inputs": images.tolist()}))  # smaller than the pixels as JSON lists
+    status, answer = post(served, body)
+    assert status == 200, answer
+    predictions = json.loads(answer)["predictions"]
     assert [p["class"] for p in predictions] == evaluate_predictions
     assert set(predictions[0]) == {"class", *test_set[3]}
+
+    photo = io.BytesIO()
+    Image.fromarray(images[0]).resize((640, 480)).save(photo, format="JPEG", quality=90)
+    status, answer = post(served, images_request([photo.getvalue(), files[1]]))  # two sizes in one request
+    assert status == 200, answer
+    assert len(json.loads(answer)["predictions"]) == 2
+
+
+def test_served_model_errors_are_short_and_name_the_image(served, test_set):
+    files = [path.read_bytes() for path in sorted(test_set[0].glob("*.png"))]
+    pixels = json.dumps({"inputs": test_set[1][:2].tolist()}).encode()
+    for body, message in (
+        (images_request([*files, b"not an image"]), "image 200 is not an image (PNG or JPEG expected)"),
+        (images_request([files[0], png_header(20000, 20000)]), "image 1 is too large"),
+        (images_request([]), "no images"),
+        (pixels, "image 0 is a list, not the bytes of a PNG or JPEG file"),
+    ):
+        status, answer = post(served, body)
+        assert status == 400, answer
+        assert message in json.loads(answer)["message"]
+        assert len(answer) < 5000  # the first request is 0.8 MB: MLflow's echo of it is cut short
+
+    status, answer = post(served, b"[" * 100_000 + b"]" * 100_000)  # MLflow's JSON parser gives up
+    assert (status, answer) == (500, b"Internal Server Error")
+    assert post(served, images_request(files[:1]))[0] == 200  # and the server goes on
 
 
 def test_comparison_shows_the_registered_version_and_champion(trained):

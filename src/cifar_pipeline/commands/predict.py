@@ -5,8 +5,8 @@
 
 The model is a training stage's file (models/<name>/best.pt, or its folder), or an MLflow model URI
 (models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/best_model, models:/<model id>).
-Images are PNG/JPEG files, folders (searched recursively) or globs; each is squeezed to 32x32 with an
-antialiased downscale and stored as uint8, as CIFAR-10's images were made.
+Images are PNG/JPEG files, folders (searched recursively) or globs; each is turned upright as its EXIF
+orientation says and squeezed to 32x32 with an antialiased downscale, as CIFAR-10's images were made.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from cifar_pipeline.core import atomic, cli, paths
-from cifar_pipeline.core.errors import PipelineError
+from cifar_pipeline.core.errors import OutputError, PipelineError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 URI_SCHEMES = ("models:/", "runs:/")
@@ -76,6 +76,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_out(out: Path) -> None:
+    """--out must name a file in a folder that can be written; checked before any work."""
+    if out.is_dir():
+        raise OutputError(f"--out {out} is a folder; name a file in it, e.g. --out {out / 'predictions.csv'}")
+    folder = next(p for p in (out.parent, *out.parent.parents) if p.exists())  # atomic writes create the rest
+    if not folder.is_dir() or not paths.can_create_files_in(folder):
+        raise OutputError(
+            f"--out {out} can't be written: {folder} is not a writable folder; "
+            f"make it writable (chmod u+w {folder}) or pass another --out"
+        )
+
+
 def image_files(arguments: list[str]) -> list[Path]:
     """Files named by the arguments, in order, each once; a folder gives its PNG/JPEG files."""
     files: list[Path] = []
@@ -88,6 +100,8 @@ def image_files(arguments: list[str]) -> list[Path]:
             files += found
         elif path.is_file():
             files.append(path)
+        elif path.exists():
+            raise ImageFileError(f"{arg} is not a regular file (a device, pipe or socket); pass image files")
         elif glob.has_magic(arg):
             matches = sorted(Path(p) for p in glob.glob(arg, recursive=True) if Path(p).is_file())
             if not matches:
@@ -99,26 +113,21 @@ def image_files(arguments: list[str]) -> list[Path]:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """The image at path as uint8 (32, 32, 3) RGB, downscaled as CIFAR-10 was."""
-    import torch
-    from PIL import Image, UnidentifiedImageError
-
-    from cifar_pipeline.serving.classifier import resize_to_cifar
+    """The image at path as uint8 (32, 32, 3) RGB, as the served model reads it (serving/images.py)."""
+    from cifar_pipeline.serving.images import decode
 
     try:
-        with Image.open(path) as image:
-            rgb = np.array(image.convert("RGB"))
-    except UnidentifiedImageError:
-        raise ImageFileError(f"{path} is not an image (PNG or JPEG expected)") from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt data
-        raise ImageFileError(f"{path} is a corrupt image ({exc})") from None
-    small = resize_to_cifar(torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255))
-    return small[0].permute(1, 2, 0).mul_(255).round_().to(torch.uint8).numpy()
+        data = path.read_bytes()
+    except PermissionError:
+        raise ImageFileError(f"{path} can't be read: permission denied; check its permissions (chmod u+r)") from None
+    except OSError as exc:
+        raise ImageFileError(f"{path} can't be read ({exc.strerror})") from None
+    return decode(data, str(path))
 
 
 def tracking_uri(given: str | None) -> str:
     """--tracking-uri, else $MLFLOW_TRACKING_URI, else the store ./params.yaml names; it must exist."""
-    from cifar_pipeline.tracking.connection import resolve_tracking_uri, sqlite_path
+    from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri, sqlite_path
 
     if given:
         uri = given
@@ -139,6 +148,8 @@ def tracking_uri(given: str | None) -> str:
             f"the MLflow store {uri} does not exist; train first (`dvc repro`) or pass "
             "--tracking-uri sqlite:///<project>/mlflow.db"
         )
+    if db is None:  # a server: within seconds, not after MLflow's minutes of retries
+        check_reachable(uri)
     return uri
 
 
@@ -216,6 +227,8 @@ def render(files: list[Path], probabilities: np.ndarray, classes: list[str], fmt
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.out:
+        check_out(args.out)
     files = image_files(args.images)
     classifier = load_classifier(args.model, args.device, args.tracking_uri)
     from tqdm import tqdm

@@ -30,6 +30,7 @@ REQUIREMENTS = {  # pip package: the module it installs
     "pandas": "pandas",
     "pydantic": "pydantic",
     "pyyaml": "yaml",
+    "pillow": "PIL",
 }
 CHAMPION = "champion"
 SELECTION_METRIC = "summary/best_val_acc"  # the champion is chosen on validation accuracy, never on the test set
@@ -39,18 +40,6 @@ TEST_ACCURACY_TAG = "test_accuracy"  # set on a version by `compare`
 def registered_name(cfg: MlflowParams, model: str) -> str | None:
     """The registered model a training run of `model` is added to; None when registration is off."""
     return f"{cfg.registered_model_prefix}{model}" if cfg.register_models else None
-
-
-def signature(classes: list[str]):
-    """Output schema only: inputs are uint8 or float image arrays of any size, checked by the model."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    # serving loads torch: imported here, where training logs a model, so compare never loads it
-    from cifar_pipeline.serving.classifier import CLASS_COLUMN
-
-    outputs = Schema([ColSpec("string", CLASS_COLUMN), *(ColSpec("float", c) for c in classes)])
-    return ModelSignature(inputs=None, outputs=outputs)
 
 
 def skip_installed_packages_scan() -> None:
@@ -68,7 +57,9 @@ def log_model(tracker: Tracker, model: str, model_file: Path, classes: list[str]
     import mlflow.pyfunc
     from mlflow.models import Model
 
+    # serving loads torch: imported here, where training logs a model, so compare never loads it
     from cifar_pipeline.serving.classifier import MODEL_FILE_ARTIFACT
+    from cifar_pipeline.serving.schema import input_example, model_signature
 
     skip_installed_packages_scan()
     client, run_id = tracker.client, tracker.run_id
@@ -86,8 +77,8 @@ def log_model(tracker: Tracker, model: str, model_file: Path, classes: list[str]
             python_model=str(MODEL_CODE),
             artifacts={MODEL_FILE_ARTIFACT: str(model_file)},
             code_paths=[str(PACKAGE)],
-            signature=signature(classes),
-            input_example=example,
+            signature=model_signature(classes),
+            input_example=input_example(example),
             pip_requirements=[f"{p}=={version(p)}" for p in REQUIREMENTS],
         )
     )
