@@ -23,7 +23,7 @@ from cifar_pipeline.engine.trainer import Trainer, build_trainer
 from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri
 from cifar_pipeline.tracking.run_metadata import dataset, model_description, run_name, run_params
 from cifar_pipeline.tracking.store import Tracker
-from cifar_pipeline.tracking.tags import base_tags, flatten
+from cifar_pipeline.tracking.tags import base_tags, flatten, sweep_tags
 from cifar_pipeline.training.publish import parameter_counts, write_outputs
 from cifar_pipeline.training.recorder import Recorder
 
@@ -154,6 +154,7 @@ class StageRun:
         best_model = checkpoint.to_cpu(model.state_dict())
         tags = {
             **base_tags(self.stage),
+            **sweep_tags(self.params),
             "model": self.name,
             "mlflow.note.content": model_description(self.name, self.stage),
         }
