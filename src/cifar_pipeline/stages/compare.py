@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cifar_pipeline.core import cli, paths
+from cifar_pipeline.core.config import MODELS
 from cifar_pipeline.tracking.store import Tracker
 from cifar_pipeline.tracking.tags import base_tags
 
@@ -11,15 +12,19 @@ def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
     from cifar_pipeline.reporting.comparison import build_table, write
+    from cifar_pipeline.reporting.seeds import same_params_runs, seed_cells
     from cifar_pipeline.tracking.registry import crown_champions
     from cifar_pipeline.tracking.run_metadata import link_model_runs, run_name
 
     paths.check_writable(paths.REPORTS)
     tracker = Tracker(params.mlflow)  # before writing: a broken store leaves no reports behind
     champions = crown_champions(tracker.client, params.mlflow)
-    table = build_table(params, champions)
+    runs = {m: paths.read_json(paths.run_info(m), paths.STAGES[m], "run_id") for m in MODELS}
+    seeds = {
+        m: seed_cells(same_params_runs(tracker.client, tracker.experiment_id, r["run_id"])) for m, r in runs.items()
+    }
+    table = build_table(params, champions, seeds)
     files = write(table)
-    runs = {m: paths.read_json(paths.run_info(m), paths.STAGES[m], "run_id") for m in table["model"]}
     tags = {
         **base_tags("compare"),
         **{f"run_id.{m}": r["run_id"] for m, r in runs.items()},
