@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers.processes import run
-from helpers.project import make_project
+from helpers.project import edit_params, make_project
 
 SWEEP = "lrs"
 GRID = ["cnn.optimizer.lr=0.002,0.004", "seed=0,1"]
@@ -30,5 +30,8 @@ class Swept:
 @pytest.fixture(scope="session")
 def swept(tmp_path_factory, archive: Path, archive_md5: str) -> Swept:
     repo = make_project(tmp_path_factory.mktemp("sweep") / "project", archive, archive_md5)
-    done = run([sys.executable, "-m", "cifar_pipeline.commands.sweep", SWEEP, *GRID, "-j", "2"], repo)
+    edit_params(repo, **{"cnn.epochs": 1})
+    run(["git", "commit", "-qam", "one epoch"], repo)
+    command = [sys.executable, "-m", "cifar_pipeline.commands.sweep", SWEEP, *GRID, "-j", "2"]
+    done = run(command, repo, timeout=1800)
     return Swept(repo, done.stdout + done.stderr)
