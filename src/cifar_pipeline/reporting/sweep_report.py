@@ -96,7 +96,7 @@ def verdict(row: pd.Series, best: str, comparisons: int) -> str:
 
 
 def to_markdown(name: str, table: pd.DataFrame, runs: pd.DataFrame, left_out: list[str]) -> str:
-    level = f"{LEVEL:.0%}"
+    level = f"{LEVEL * 100:.0f} %"
     lines = [
         f"# Sweep `{name}`",
         "",
