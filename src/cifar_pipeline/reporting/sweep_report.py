@@ -166,6 +166,7 @@ def write_plot(name: str, table: pd.DataFrame, path: Path) -> None:
             ax.set_xlabel(rows["configuration"].iloc[0].split("=")[0])
             if min(values) > 0 and max(values) / min(values) >= 10:
                 ax.set_xscale("log")
+            ax.set_xticks(values, [f"{v:g}" for v in values])
         ax.set_title(f"{name}: {model}")
         ax.set_ylabel("accuracy (%), 95 % CI")
         ax.legend()
