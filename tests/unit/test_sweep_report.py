@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cifar_pipeline.commands import recipes
 from cifar_pipeline.commands.sweep import plan, targets
 from cifar_pipeline.core.config import parse_params
 from cifar_pipeline.core.errors import ParamsError
@@ -101,3 +102,10 @@ def test_the_plan_names_each_point_by_its_values_and_targets_the_swept_models():
 def test_a_point_outside_the_schema_is_an_error_naming_the_value():
     with pytest.raises(ParamsError, match=r"cnn\.dropout must be"):
         plan("s", ["cnn.dropout=0.5,1.5"], None, ROOT)
+
+
+def test_a_recipe_is_the_base_of_every_point_and_its_model_is_trained():
+    recipe = recipes.load("cnn-best", ROOT)
+    points = plan("s", ["seed=0,1"], recipe, ROOT)
+    assert [p.name for p in points] == ["s-seed=0", "s-seed=1"]
+    assert targets(list(points[0].values), recipe) == ["evaluate@cnn"]
