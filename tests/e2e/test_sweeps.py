@@ -102,3 +102,11 @@ def test_a_sweep_whose_name_exists_fails_before_queueing_anything(swept):
     assert_clean_failure(result, f"sweep {SWEEP!r} exists", "dvc exp remove")
     assert run(["dvc", "exp", "list", "--name-only"], swept.repo).stdout == before
     assert "Queued" not in run(["dvc", "queue", "status"], swept.repo).stdout
+
+
+def test_a_sweep_whose_experiment_fails_says_which_and_exits_non_zero(project):
+    grid = ["resnet18.weights_path=/nonexistent/resnet18.pth"]  # passes the schema, fails in the stage
+    result = run([sys.executable, "-m", "cifar_pipeline.commands.sweep", "broken", *grid], project, check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "sweep broken: 1 experiments failed" in result.stdout
+    assert "broken-weights_path=_nonexistent_resnet18.pth" in result.stdout

@@ -144,6 +144,17 @@ def queue(name: str, points: list[Point], recipe: recipes.Recipe | None, root: P
             )
 
 
+def failed(points: list[Point], root: Path) -> list[str]:
+    """The sweep's experiments that DVC's queue reports as failed."""
+    from dvc.repo import Repo
+
+    names = {p.name for p in points}
+    with Repo(str(root)) as repo:
+        return sorted(
+            done.entry.name for done in repo.experiments.celery_queue.iter_failed() if done.entry.name in names
+        )
+
+
 def default_jobs() -> int:
     import torch
 
@@ -165,8 +176,11 @@ def main() -> int:
     jobs = args.jobs or default_jobs()
     print(f"sweep {args.name}: {len(points)} experiments queued; running them, {jobs} at a time", flush=True)
     code = subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)]).returncode
-    print(f"then: python -m cifar_pipeline.commands.report {args.name}")
-    return code
+    broken = failed(points, root)
+    if broken:
+        print(f"sweep {args.name}: {len(broken)} experiments failed; see `dvc queue logs NAME`: {', '.join(broken)}")
+    print(f"report: python -m cifar_pipeline.commands.report {args.name}")
+    return code or (1 if broken else 0)
 
 
 if __name__ == "__main__":
