@@ -103,13 +103,14 @@ def plan(name: str, assignments: list[str], recipe: recipes.Recipe | None, root:
 
 
 def check_unused(name: str, root: Path) -> None:
-    """No DVC experiment, finished or queued, is named `name-*` (the sweep's runs would mix with its)."""
+    """No DVC experiment, finished, queued or failed, is named `name-*` (the sweep's runs would mix with its)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
         done = [exp for exps in repo.experiments.ls(all_commits=True).values() for exp, _ in exps]
         queue = repo.experiments.celery_queue
-        waiting = [entry.name for entry in (*queue.iter_queued(), *queue.iter_active())]
+        failed = [done.entry for done in queue.iter_failed()]
+        waiting = [entry.name for entry in (*queue.iter_queued(), *queue.iter_active(), *failed)]
     taken = sorted(n for n in (*done, *waiting) if n and n.startswith(f"{name}-"))
     if taken:
         raise ParamsError(
