@@ -1,24 +1,55 @@
-"""A real 2 x 2 sweep through DVC's queue with two jobs (helpers/sweeps.py): its runs group by their MLflow
-tags, and its report's numbers equal a computation here, from the logged metrics, with numpy alone."""
+"""A real 2 x 2 sweep (two learning rates of the seed CNN, two seeds) through DVC's queue with two jobs: its runs
+group by their MLflow tags (also in MLflow's UI, opened in headless Chromium), and its report's numbers equal a
+computation here, from the logged metrics, with numpy alone."""
 
 from __future__ import annotations
 
 import itertools
 import math
+import re
+import shutil
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from helpers import sweeps
-from helpers.processes import assert_clean_failure, run
-from helpers.sweeps import CONFIGS, SWEEP
+from helpers.processes import assert_clean_failure, free_port, run, stage_env, wait_until
+from helpers.project import edit_params, make_project
+from helpers.servers import background
 
 pytestmark = pytest.mark.slow
-swept = sweeps.swept  # the fixture
+SWEEP = "lrs"
+GRID = ["cnn.optimizer.lr=0.002,0.004", "seed=0,1"]
+CONFIGS = {"cnn.optimizer.lr=0.002", "cnn.optimizer.lr=0.004"}
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@dataclass(frozen=True)
+class Swept:
+    repo: Path
+    output: str  # what the sweep command printed
+
+    @property
+    def tracking_uri(self) -> str:
+        return f"sqlite:///{self.repo / 'mlflow.db'}"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory, archive: Path, archive_md5: str) -> Swept:
+    repo = make_project(tmp_path_factory.mktemp("sweep") / "project", archive, archive_md5)
+    edit_params(repo, **{"cnn.epochs": 1})
+    run(["git", "commit", "-qam", "one epoch"], repo)
+    command = [sys.executable, "-m", "cifar_pipeline.commands.sweep", SWEEP, *GRID, "-j", "2"]
+    done = run(command, repo, timeout=1800)
+    return Swept(repo, done.stdout + done.stderr)
+
+
 T_975_DF1 = math.tan(math.pi * 0.475)  # the t-distribution with 1 degree of freedom is Cauchy's: exact quantile
 
 
@@ -110,3 +141,28 @@ def test_a_sweep_whose_experiment_fails_says_which_and_exits_non_zero(project):
     assert result.returncode == 1, result.stdout + result.stderr
     assert "sweep broken: 1 experiments failed" in result.stdout
     assert "broken-weights_path=_nonexistent_resnet18.pth" in result.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)")
+def test_mlflow_groups_the_sweeps_runs_by_configuration(swept, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    log = tmp_path / "ui.log"
+    ui = [sys.executable, "-m", "cifar_pipeline.commands.ui", "--params", str(swept.repo / "params.yaml")]
+    env = stage_env(MLFLOW_TRACKING_URI=swept.tracking_uri)
+    with background([*ui, "--port", str(free_port())], env, log) as proc, sync_playwright() as p:
+        wait_until(lambda: "Application startup complete" in log.read_text(), proc, "mlflow ui", log, timeout=180)
+        address = re.search(r"^Open (\S+)", log.read_text(), flags=re.M).group(1)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1500, "height": 900})
+        only_the_sweep = quote(f"tags.sweep = '{SWEEP}'")
+        page.goto(f"{address}&searchFilter={only_the_sweep}")
+        page.get_by_text("4 matching runs").wait_for()
+        page.get_by_role("button", name="Group by").click()
+        page.get_by_role("menuitemcheckbox", name="sweep.config").click()
+        page.keyboard.press("Escape")
+        page.get_by_role("button", name="Group by: sweep.config").wait_for()
+        table = page.locator("body").inner_text()
+        groups = dict(re.findall(r"^Group: (\S+)\n(\d+)$", table, flags=re.M))
+        assert groups == dict.fromkeys(CONFIGS, "2"), table
+        browser.close()
