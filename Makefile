@@ -36,3 +36,12 @@ ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; open the
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Sweeps (docs/experiments.md#sweeps): a grid of params over DVC's queue, then its report.
+.PHONY: sweep report
+sweep: $(BIN)/.installed  ## a grid as DVC experiments: make sweep N=my-lr S="cnn.optimizer.lr=0.01,0.003 seed=0,1,2" [R=recipe] [J=jobs]
+	python -m cifar_pipeline.commands.sweep $(N) $(S) $(if $(R),--recipe $(R)) $(if $(J),-j $(J))
+	python -m cifar_pipeline.commands.report $(N)
+
+report: $(BIN)/.installed  ## the report of sweep N: reports/sweeps/$(N).md, .csv, .png, also in MLflow
+	python -m cifar_pipeline.commands.report $(N)

@@ -246,9 +246,20 @@ class Resnet18Params(ModelParams):
         return self
 
 
+SWEEP_NAME = r"^[A-Za-z][A-Za-z0-9_-]{0,39}$"
+
+
+class SweepParams(Strict):
+    """Set by `commands.sweep` in each of its experiments: the runs are tagged with it (tracking/tags.py)."""
+
+    name: Annotated[str, Field(pattern=SWEEP_NAME)]
+    keys: list[str] = []  # the swept params.yaml keys other than seed: a run's configuration is their values
+
+
 class Params(Strict):
     seed: Seed = 42
     progress: bool = True  # per-batch progress bars; no stage lists it, so it reruns nothing
+    sweep: SweepParams | None = None  # likewise reruns nothing; commands/sweep.py sets it
     data: DataParams = DataParams()
     runtime: RuntimeParams = RuntimeParams()
     mlflow: MlflowParams = MlflowParams()

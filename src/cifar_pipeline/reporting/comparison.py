@@ -13,6 +13,8 @@ COLUMNS = [
     "model",
     "init",
     "test_accuracy",
+    "seeds",
+    "test_accuracy_over_seeds",
     "macro_f1",
     "best_val_acc",
     "epochs",
@@ -49,9 +51,12 @@ def registry_cells(run: dict, champions: dict[str, str], gone: set[tuple[str, in
     return {"registered_version": version, "alias": alias}
 
 
-def build_table(params: Params, champions: dict[str, str], gone: set[tuple[str, int]]) -> pd.DataFrame:
+def build_table(
+    params: Params, champions: dict[str, str], gone: set[tuple[str, int]], seeds: dict[str, dict[str, str]]
+) -> pd.DataFrame:
     """champions: registered model name -> the version its `champion` alias points at; gone: the (registered
-    model, version) pairs deleted from the registry."""
+    model, version) pairs deleted from the registry; seeds: model -> its `seeds` and `test_accuracy_over_seeds`
+    cells (reporting/seeds.py)."""
     rows = []
     for name in MODELS:
         stage = paths.STAGES[name]
@@ -63,6 +68,7 @@ def build_table(params: Params, champions: dict[str, str], gone: set[tuple[str, 
                 "model": name,
                 "init": init_label(params, name),
                 "test_accuracy": test["accuracy"],
+                **seeds[name],
                 "macro_f1": test["macro_f1"],
                 "best_val_acc": train["best_val_acc"],
                 "epochs": train["epochs"],
@@ -96,7 +102,24 @@ def to_markdown(table: pd.DataFrame) -> str:
         "it is a reference, not a result of this run. `alias` marks the registered version that holds "
         "`champion`: the best validation accuracy among all versions of that model.\n"
     )
-    return "# Model comparison\n\n" + "\n".join(lines) + "\n" + note
+    return "# Model comparison\n\n" + "\n".join(lines) + "\n" + note + seed_note(table)
+
+
+def seed_note(table: pd.DataFrame) -> str:
+    """Whether the table can tell a model's accuracy from seed noise."""
+    single = [
+        m for m, spread in zip(table["model"], table["test_accuracy_over_seeds"], strict=True) if spread == "one seed"
+    ]
+    note = (
+        "\n`test_accuracy_over_seeds` is the mean ± sd (points) of the test accuracy of the finished runs with the "
+        "same params and other seeds, one run per seed."
+    )
+    if single:
+        note += (
+            f" **One seed only** for {', '.join(single)}: a difference of a few tenths of a point can be seed noise. "
+            'Run the same params with more seeds (`make sweep N=<name> S="seed=0,1,2"`) before trusting it.'
+        )
+    return note + "\n"
 
 
 def write(table: pd.DataFrame) -> tuple:

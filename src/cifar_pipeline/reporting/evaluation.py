@@ -11,7 +11,7 @@ from cifar_pipeline.core.data import in_background, load_arrays, md5sum
 from cifar_pipeline.core.errors import DataError
 from cifar_pipeline.engine.augment import to_unit_float
 from cifar_pipeline.engine.device import Settings, explain_oom, predict
-from cifar_pipeline.reporting import metrics, roc
+from cifar_pipeline.reporting import calibration, metrics, roc
 from cifar_pipeline.serving.classifier import ModelFileError, build_from_file
 from cifar_pipeline.tracking.run_metadata import dataset
 from cifar_pipeline.tracking.store import Tracker
@@ -40,7 +40,7 @@ def evaluate(params: Params, name: str) -> dict:
     model.to(settings.device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    result, cm, curves = _test_metrics(model, data, settings, name)
+    result, cm, curves, probs = _test_metrics(model, data, settings, name)
     tracker = opening()
     tracker.attach(run["run_id"], paths.STAGES[name])  # before any report; the run keeps its status and duration
     out = paths.eval_dir(name)
@@ -51,6 +51,7 @@ def evaluate(params: Params, name: str) -> dict:
     )
     roc.write_csv(curves, out / "roc.csv")
     roc.write_png(curves, f"{name}: one-vs-rest ROC, macro AUC {result['macro_auc']:.4f}", out / "roc.png")
+    calibration.write(probs, data.test_y, data.test_x, data.classes, name, out)
     test_set = dataset(params, data, data_md5())
     tracker.log_model_metrics({f"test/{k}": v for k, v in result.items() if k != "per_class"}, test_set)
     tracker.log_metrics(
@@ -60,12 +61,16 @@ def evaluate(params: Params, name: str) -> dict:
         }
     )
     tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view shows it across runs
+    for file in calibration.FILES:
+        tracker.log_artifact(out / file, "calibration")
     for file in ("metrics.json", "confusion_matrix.csv", "roc.csv", "roc.png"):
         tracker.log_artifact(out / file, "evaluation")
     return result
 
 
-def _test_metrics(model: torch.nn.Module, data, settings: Settings, name: str) -> tuple[dict, np.ndarray, dict]:
+def _test_metrics(
+    model: torch.nn.Module, data, settings: Settings, name: str
+) -> tuple[dict, np.ndarray, dict, np.ndarray]:
     images = to_unit_float(torch.from_numpy(data.test_x).to(settings.device).permute(0, 3, 1, 2))
     labels = torch.from_numpy(data.test_y).long().to(settings.device)
     with explain_oom(f"evaluating {name}", "runtime.eval_batch_size", settings.eval_batch_size):
@@ -73,8 +78,10 @@ def _test_metrics(model: torch.nn.Module, data, settings: Settings, name: str) -
     loss = torch.nn.functional.cross_entropy(logits, labels).item()
     cm = metrics.confusion_matrix(data.test_y, logits.argmax(1).cpu().numpy(), len(data.classes))
     result = {"loss": loss, **metrics.summarize(cm, data.classes)}
-    curves = roc.one_vs_rest(data.test_y, logits.softmax(1).cpu().numpy(), data.classes)
+    probs = logits.softmax(1).cpu().numpy()
+    curves = roc.one_vs_rest(data.test_y, probs, data.classes)
+    result["ece"] = calibration.ece(probs, data.test_y)
     result["macro_auc"] = roc.macro_auc(curves)
     for c, curve in curves.items():
         result["per_class"][c]["auc"] = curve["auc"]
-    return result, cm, curves
+    return result, cm, curves, probs

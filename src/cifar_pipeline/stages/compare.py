@@ -12,6 +12,7 @@ def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
     from cifar_pipeline.reporting.comparison import build_table, write
+    from cifar_pipeline.reporting.seeds import same_params_runs, seed_cells
     from cifar_pipeline.tracking import registry
     from cifar_pipeline.tracking.run_metadata import link_model_runs, run_name
 
@@ -22,7 +23,10 @@ def main() -> None:
     champions = registry.crown_champions(tracker, params.mlflow, splits)
     registered = {m: (r["registered_model"], r["version"]) for m, r in runs.items() if "version" in r}
     gone = {v for v in registered.values() if not registry.version_exists(tracker.client, *v)}
-    table = build_table(params, {name: c.version for name, c in champions.items()}, gone)
+    seeds = {
+        m: seed_cells(same_params_runs(tracker.client, tracker.experiment_id, r["run_id"])) for m, r in runs.items()
+    }
+    table = build_table(params, {name: c.version for name, c in champions.items()}, gone, seeds)
     files = write(table)
     tags = {
         **base_tags("compare"),

@@ -92,3 +92,22 @@ def process_alive(tag: str) -> bool:
     except PermissionError:
         pass
     return True
+
+
+# A sweep's runs (commands/sweep.py): MLflow's runs table groups them by these tags.
+SWEEP_TAG = "sweep"  # the sweep's name
+CONFIG_TAG = "sweep.config"  # its configuration: the swept keys' values, seed left out, e.g. `cnn.optimizer.lr=0.01`
+BASE_CONFIG = "base"  # the configuration of a sweep over seeds alone
+
+
+def configuration(params: Mapping, keys: list[str]) -> str:
+    """The values of `keys` (dotted params.yaml keys) in params, as `key=value` joined by `; `."""
+    flat = flatten(params)
+    return "; ".join(f"{key}={flat[key]}" for key in keys) or BASE_CONFIG
+
+
+def sweep_tags(params) -> dict[str, str]:
+    """The sweep tags of a run with these Params (core.config); none outside a sweep."""
+    if params.sweep is None:
+        return {}
+    return {SWEEP_TAG: params.sweep.name, CONFIG_TAG: configuration(params.model_dump(), params.sweep.keys)}

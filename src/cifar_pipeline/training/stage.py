@@ -30,7 +30,7 @@ from cifar_pipeline.tracking.run_metadata import (
     validation_split,
 )
 from cifar_pipeline.tracking.store import Tracker
-from cifar_pipeline.tracking.tags import base_tags, flatten
+from cifar_pipeline.tracking.tags import base_tags, flatten, sweep_tags
 from cifar_pipeline.training.adopt import adopt, remember
 from cifar_pipeline.training.publish import parameter_counts, write_outputs
 from cifar_pipeline.training.recorder import Recorder
@@ -188,6 +188,7 @@ class StageRun:
         best_model = checkpoint.to_cpu(model.state_dict())
         tags = {
             **base_tags(self.stage),
+            **sweep_tags(self.params),
             "model": self.name,
             SPLIT_TAG: validation_split(self.params, self.training_set.digest),
             "mlflow.note.content": model_description(self.name, self.stage),
