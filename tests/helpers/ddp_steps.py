@@ -1,4 +1,4 @@
-"""Run by tests/unit/test_distributed.py under torchrun (`python -m torch.distributed.run --module
+"""Run by tests/unit/test_ddp_math.py under torchrun (`python -m torch.distributed.run --module
 helpers.ddp_steps OUT SYNC_BN`): each rank trains its share of a tiny CNN for EPOCHS epochs; rank 0 saves the
 weights and the epochs' results to OUT. Without torchrun it is the one-process reference."""
 
