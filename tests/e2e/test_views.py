@@ -50,12 +50,31 @@ def screenshot(page, name: str) -> None:
 
 
 def chart_facts(page) -> list[dict]:
-    """Per vega chart: its title, legend labels and the stroke colours of its lines."""
+    """Per vega chart: its title, each legend's labels with the stroke and dashes of its swatches, and the
+    stroke colour and dashes of each line."""
     return page.evaluate("""() => [...document.querySelectorAll('svg.marks')].map(svg => ({
         title: svg.querySelector('.role-title-text')?.textContent,
-        legend: [...svg.querySelectorAll('.role-legend-label text')].map(t => t.textContent),
-        strokes: [...new Set([...svg.querySelectorAll('.mark-line path')].map(p => p.getAttribute('stroke')))],
+        legends: [...svg.querySelectorAll('.role-legend')].map(legend => ({
+            title: legend.querySelector('.role-legend-title text')?.textContent,
+            labels: [...legend.querySelectorAll('.role-legend-label text')].map(t => t.textContent),
+            swatches: [...legend.querySelectorAll('.role-legend-symbol path')].map(
+                s => [s.getAttribute('stroke'), s.getAttribute('stroke-dasharray')]),
+        })),
+        lines: [...svg.querySelectorAll('.mark-line path')].map(
+            p => [p.getAttribute('stroke'), p.getAttribute('stroke-dasharray')]),
     }))""")
+
+
+def legend(chart: dict, title: str) -> dict:
+    return next(entry for entry in chart["legends"] if entry["title"] == title)
+
+
+def assert_dashes_decodable(chart: dict, title: str, labels: list[str]) -> None:
+    """The dash legend names each label once, with a visible swatch of a dash pattern no other label has."""
+    dashes = legend(chart, title)
+    assert sorted(dashes["labels"]) == sorted(labels), (chart["title"], dashes)
+    assert all(stroke not in (None, "transparent") for stroke, _ in dashes["swatches"]), (chart["title"], dashes)
+    assert len({dash for _, dash in dashes["swatches"]}) == len(labels), (chart["title"], dashes)
 
 
 @pytest.mark.parametrize("command", [["show"], ["diff", "first", "second"]], ids=["show", "diff"])
@@ -65,7 +84,7 @@ def test_dvc_plots_draw_every_chart_with_the_network_blocked(experiments, browse
     run(["dvc", "plots", *command, "-o", str(out)], project)
     revisions = command[1:] or ["workspace"]
 
-    context = browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
+    context = browser.new_context(offline=True, viewport={"width": WIDTH, "height": 900})
     requested: list[str] = []
     context.route(
         "**/*",
@@ -79,17 +98,21 @@ def test_dvc_plots_draw_every_chart_with_the_network_blocked(experiments, browse
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto((out / "index.html").as_uri())
-    page.wait_for_function("document.querySelectorAll('svg.marks .mark-line path').length >= 6")
+    page.wait_for_function("document.querySelectorAll('svg.marks').length >= 5")
     page.wait_for_function("[...document.images].every(img => img.complete)")
 
     charts = chart_facts(page)
-    assert [c["title"] for c in charts] == ["Validation accuracy per epoch", "Train and validation loss per epoch"]
-    for chart in charts:
-        assert set(MODELS) <= set(chart["legend"]), chart
-        assert len(chart["strokes"]) == 3, chart  # one colour per model
-        for rev in revisions:
-            assert any(label.startswith(f"{rev} ") for label in chart["legend"]), (rev, chart)
-    assert {"train_loss", "val_loss"} <= {label.split()[-1] for label in charts[1]["legend"]}
+    curves = ["Validation accuracy per epoch", "Train and validation loss per epoch"]
+    assert [c["title"] for c in charts] == [*curves, *(f"{m}: one-vs-rest ROC per class (test set)" for m in MODELS)]
+    metrics = [["val_acc"], ["train_loss", "val_loss"]]
+    for chart, names in zip(charts[:2], metrics, strict=True):
+        assert legend(chart, "model")["labels"] == MODELS, chart
+        assert len({stroke for stroke, _ in chart["lines"]}) == 3, chart  # one colour per model
+        assert_dashes_decodable(chart, "revision / metric", [f"{rev} {name}" for rev in revisions for name in names])
+    for chart in charts[2:]:
+        assert len({stroke for stroke, _ in chart["lines"]}) == 10, chart  # one colour per class
+        assert len(set(chart["lines"])) == 10 * len(revisions), chart  # and a dash per revision
+        assert_dashes_decodable(chart, "revision", revisions)
     loaded = page.evaluate("[...document.images].map(img => img.naturalWidth > 0)")
     assert loaded == [True] * 3 * len(revisions)  # each model's confusion matrix per revision
     assert errors == [] and requested == []
