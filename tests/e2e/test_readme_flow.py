@@ -97,6 +97,8 @@ def test_the_readme_commands_in_order_on_a_cpu(tmp_path, archive, archive_md5):
 
     assert ran(outputs["make demo"]) == EVERY_STAGE
     lr2 = outputs["make exp N=cnn-lr2e-3 S=cnn.optimizer.lr=0.002"]
+    for output in (outputs["make demo"], lr2):  # none of the warnings the project caused
+        assert "No file hash info found" not in output and "untracked files" not in output, output
     assert ran(lr2) == MODEL_STAGES["cnn"] | {"compare"}, lr2  # the ResNets come from DVC's run cache
     assert "Stage 'train_resnet34' is cached" in lr2
     shown = outputs["make show"]
