@@ -46,7 +46,7 @@ show: $(BIN)/.installed  ## test accuracy per model and the params that differ, 
 recipe: $(BIN)/.installed  ## one named recipe (recipes/$(R).yaml) as a DVC experiment; docs/recipes.md
 	python -m cifar_pipeline.commands.recipes $(R) $(RECIPE_ARGS)
 
-ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; open the address it prints
+ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; prints the address once the server answers
 	$(BIN)/python -m cifar_pipeline.commands.ui --port 5000
 
 clean-venv:
