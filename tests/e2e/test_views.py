@@ -187,26 +187,6 @@ def test_mlflow_compare_view_lines_up_params_and_metrics_across_models(experimen
     page.close()
 
 
-def test_mlflow_chart_view_shows_the_confusion_matrices_side_by_side_at_1400_px(experiments, mlflow_ui, browser):
-    """The runs page's chart view: one confusion matrix per model run, each drawn, readable and on screen."""
-    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-    page.goto(mlflow_ui.replace("?", "?compareRunsMode=CHART&"))
-    images = page.locator("img[src*='confusion_matrix']")
-    images.first.wait_for()
-    images.first.scroll_into_view_if_needed()
-    page.wait_for_function(
-        "[...document.querySelectorAll(\"img[src*='confusion_matrix']\")].every(i => i.complete && i.naturalWidth)"
-    )
-    boxes = [images.nth(i).bounding_box() for i in range(images.count())]
-    assert len(boxes) >= len(MODELS), boxes  # the three models of `first`, and resnet34 of `second`
-    for box in boxes:
-        assert box["width"] >= 150 and box["x"] >= 0 and box["x"] + box["width"] <= WIDTH, boxes
-    rows = {round(box["y"]) for box in boxes}
-    assert len(rows) < len(boxes), boxes  # side by side, not one under the other
-    screenshot(page, "mlflow-confusion-matrices.png")
-    page.close()
-
-
 def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser):
     client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
     [cnn] = client.search_runs(

@@ -59,8 +59,7 @@ def evaluate(params: Params, name: str) -> dict:
             **{f"test_auc/{c}": curve["auc"] for c, curve in curves.items()},
         }
     )
-    tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view lists it across runs
-    tracker.log_image(out / "confusion_matrix.png", "confusion_matrix")  # the chart view shows runs side by side
+    tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view shows it across runs
     for file in ("metrics.json", "confusion_matrix.csv", "roc.csv", "roc.png"):
         tracker.log_artifact(out / file, "evaluation")
     return result

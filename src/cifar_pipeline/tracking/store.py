@@ -174,14 +174,6 @@ class Tracker:
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
-    def log_image(self, path: Path, key: str) -> None:
-        """An image under `key`, which MLflow's chart view shows side by side for the runs on screen."""
-        from PIL import Image
-
-        with Image.open(path) as image:
-            image.load()
-            retry_locked(lambda: self.client.log_image(self.run_id, image, key=key, step=0, synchronous=True))
-
     def log_text(self, text: str, artifact_file: str) -> None:
         retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
