@@ -139,7 +139,7 @@ def mlflow_ui(experiments, tmp_path_factory):
         def printed() -> bool:
             return "Open " in log.read_text()
 
-        wait_until(printed, proc, "mlflow ui", log, timeout=120)
+        wait_until(printed, proc, "mlflow ui", log, timeout=300)
         address = re.search(r"^Open (\S+)", log.read_text(), flags=re.M).group(1)
         with urllib.request.urlopen(f"{base(address)}/health", timeout=5):  # printed only once it answers
             pass
@@ -148,6 +148,8 @@ def mlflow_ui(experiments, tmp_path_factory):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+    with pytest.raises(OSError):  # the server it started stopped with it
+        urllib.request.urlopen(f"{base(address)}/health", timeout=5)
 
 
 def base(address: str) -> str:

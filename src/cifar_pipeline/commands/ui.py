@@ -5,7 +5,10 @@ address asks otherwise) and how to make the browser remember that view."""
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -38,7 +41,9 @@ def answers(base: str) -> bool:
 def serve(uri: str, port: int, experiment_id: str | None) -> int:
     """`mlflow ui` in the foreground; the address is printed once the server accepts connections."""
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)])
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so `finally` stops the server
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    server = subprocess.Popen(command, start_new_session=True)  # its own group: its workers stop with it
     try:
         while not answers(base):
             if server.poll() is not None:
@@ -46,11 +51,11 @@ def serve(uri: str, port: int, experiment_id: str | None) -> int:
             time.sleep(0.2)
         print(f"Open {experiment_url(base, experiment_id)}\n{VIEW_HINT}", flush=True)
         return server.wait()
-    except KeyboardInterrupt:  # Ctrl-C: the server got it too
+    except KeyboardInterrupt:
         return cli.INTERRUPTED_EXIT
-    finally:
-        if server.poll() is None:  # Ctrl-C reached both; an error here stops the server
-            server.terminate()
+    finally:  # Ctrl-C, SIGTERM or an error: the server and its workers stop too
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
             server.wait()
 
 
