@@ -111,7 +111,7 @@ def test_dvc_plots_draw_every_chart_with_the_network_blocked(experiments, browse
         assert_dashes_decodable(chart, "revision / metric", [f"{rev} {name}" for rev in revisions for name in names])
     for chart in charts[2:]:
         assert len({stroke for stroke, _ in chart["lines"]}) == 10, chart  # one colour per class
-        assert len(set(chart["lines"])) == 10 * len(revisions), chart  # and a dash per revision
+        assert len({tuple(line) for line in chart["lines"]}) == 10 * len(revisions), chart  # and a dash per revision
         assert_dashes_decodable(chart, "revision", revisions)
     loaded = page.evaluate("[...document.images].map(img => img.naturalWidth > 0)")
     assert loaded == [True] * 3 * len(revisions)  # each model's confusion matrix per revision
