@@ -25,9 +25,10 @@ test-fast: $(BIN)/.installed  ## the unit and stage tests (tests/unit, tests/sta
 # run, export DEMO_ARGS once per shell (README, docs/setup.md#offline-use); later -S options win.
 DEMO_SIZE := -S data.train_limit=2500 -S data.test_limit=1000 -S data.val_size=500 \
   -S cnn.epochs=2 -S resnet34.epochs=1 -S resnet18.epochs=1 -S resnet18.image_size=64
-# `make show` leaves out the keys the demo and DEMO_ARGS set (the same in every demo-sized experiment), so the
+# `make show` leaves out the keys the demo and DEMO_ARGS set (the same in every demo-sized experiment), `progress`
+# and the queue's State and Executor columns, so the
 # table fits 120 columns; --no-pager keeps it out of `less`.
-SHOW_DROP := Created|.*/|data\.|.*\.epochs|resnet18\.(image_size|weights)
+SHOW_DROP := Created|State|Executor|progress|.*/|data\.|.*\.epochs|resnet18\.(image_size|weights)
 # `dvc exp run` without the warning DVC prints for each output when the commit has no dvc.lock
 EXP_RUN := $(BIN)/python -m cifar_pipeline.commands.experiment
 
