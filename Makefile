@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export DVC_NO_ANALYTICS := 1
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: repro test test-fast demo recipe ui clean-venv
+.PHONY: repro test test-fast demo exp show recipe ui clean-venv
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,17 +21,33 @@ test: $(BIN)/.installed  ## the whole suite, end-to-end runs included
 test-fast: $(BIN)/.installed  ## the unit and stage tests (tests/unit, tests/stages), without their slow runs
 	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/stages
 
-demo: $(BIN)/.installed  ## the whole pipeline on a CPU-sized subset, as a DVC experiment; the workspace stays as it was
-	dvc exp run --temp -n cpu-demo \
-	  -S data.train_limit=2500 -S data.test_limit=1000 -S data.val_size=500 \
-	  -S cnn.epochs=2 -S resnet34.epochs=1 -S resnet18.epochs=1 -S resnet18.image_size=64 \
-	  $(DEMO_ARGS)
-	dvc exp show --only-changed --keep test_acc --drop 'Created|.*/'
+# The demo's size: the whole pipeline in minutes on a CPU. Offline, or for other -S options on every demo-sized
+# run, export DEMO_ARGS once per shell (README, docs/setup.md#offline-use); later -S options win.
+DEMO_SIZE := -S data.train_limit=2500 -S data.test_limit=1000 -S data.val_size=500 \
+  -S cnn.epochs=2 -S resnet34.epochs=1 -S resnet18.epochs=1 -S resnet18.image_size=64
+# `make show` leaves out the keys the demo and DEMO_ARGS set (the same in every demo-sized experiment), `progress`
+# and the queue's State and Executor columns, so the
+# table fits 120 columns; --no-pager keeps it out of `less`.
+SHOW_DROP := Created|State|Executor|progress|.*/|data\.|.*\.epochs|resnet18\.(image_size|weights)
+# `dvc exp run` without the warning DVC prints for each output when the commit has no dvc.lock
+EXP_RUN := $(BIN)/python -m cifar_pipeline.commands.experiment
+
+demo: $(BIN)/.installed  ## the whole pipeline at demo size, as the DVC experiment cpu-demo in a temp copy: params.yaml stays as it is
+	$(EXP_RUN) --temp -n cpu-demo $(DEMO_SIZE) $(DEMO_ARGS)
+	@$(MAKE) --no-print-directory show
+
+exp: $(BIN)/.installed  ## one more demo-sized experiment: make exp N=<name> S='<key>=<value> ...'; Q=1 queues it
+	$(if $(N),,$(error name the experiment: make exp N=<name> S='<key>=<value> ...'))
+	$(EXP_RUN) $(if $(Q),--queue,--temp) -n $(N) $(DEMO_SIZE) $(DEMO_ARGS) $(addprefix -S ,$(S))
+	$(if $(Q),,@$(MAKE) --no-print-directory show)
+
+show: $(BIN)/.installed  ## test accuracy per model and the params that differ, per experiment
+	@dvc exp show --no-pager --only-changed --keep test_acc --drop '$(SHOW_DROP)'
 
 recipe: $(BIN)/.installed  ## one named recipe (recipes/$(R).yaml) as a DVC experiment; docs/recipes.md
 	python -m cifar_pipeline.commands.recipes $(R) $(RECIPE_ARGS)
 
-ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; open the address it prints
+ui: $(BIN)/.installed  ## browse the runs: mlflow ui on 127.0.0.1:5000; prints the address once the server answers
 	$(BIN)/python -m cifar_pipeline.commands.ui --port 5000
 
 clean-venv:

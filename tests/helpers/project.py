@@ -20,6 +20,7 @@ PROJECT_FILES = [
     ".dvc/config",
     ".dvc/.gitignore",
     ".dvc/plots/models.json",
+    ".dvc/plots/roc.json",
     ".dvc/plots/offline.html",
 ]
 
