@@ -1,6 +1,4 @@
-"""Stage `download`: fetch and verify cifar-10-python.tar.gz, write data/cifar10.npz. It also fetches (or finds)
-the ImageNet weights of the ResNet-18 fine-tune, so that offline their absence stops the pipeline here, before
-the first training."""
+"""Stage `download`: fetch and verify cifar-10-python.tar.gz, write data/cifar10.npz."""
 
 from __future__ import annotations
 
@@ -15,7 +13,6 @@ from cifar_pipeline.core.data import (
     verify_archive,
 )
 from cifar_pipeline.core.paths import project_root
-from cifar_pipeline.engine.models import imagenet_state_dict
 
 
 def main() -> None:
@@ -24,7 +21,6 @@ def main() -> None:
 
     # Anchored at the project root, so `dvc exp run --temp`/queued copies reuse the one archive.
     archive = ensure_archive(project_root() / cfg.archive, cfg.url, cfg.md5)
-    imagenet_state_dict(params.resnet18)  # what finetune_resnet18 loads; downloaded into torch's cache once
     reading = in_background(read_archive, archive)  # while the md5 is checked; nothing is written before
     verify_archive(archive, cfg.md5)
     full = reading()

@@ -16,7 +16,7 @@ from cifar_pipeline.core.paths import check_writable, project_root
 from cifar_pipeline.engine import checkpoint, distributed
 from cifar_pipeline.engine.device import Settings, explain_oom
 from cifar_pipeline.engine.loader import DeviceData
-from cifar_pipeline.engine.models import check_weights_path
+from cifar_pipeline.engine.models import imagenet_state_dict
 from cifar_pipeline.engine.optim import effective_lrs
 from cifar_pipeline.engine.progress import EpochResult, RunProgress
 from cifar_pipeline.engine.trainer import Trainer, build_trainer
@@ -57,8 +57,8 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
         paths.history(name).parent,
         project_root() / paths.RESUME_DIR,
     )
-    if name == "resnet18" and params.resnet18.weights_path:
-        check_weights_path(params.resnet18)
+    if name == "resnet18":  # missing or broken ImageNet weights fail before the data load and the store
+        imagenet_state_dict(params.resnet18)
     check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
     # Broken data or too few training images fail before the tracking store is touched.
     data_md5 = in_background(md5sum, paths.DATA)
