@@ -31,7 +31,7 @@ def same_params_runs(client, experiment_id: str, run_id: str) -> list:
 
 def seed_cells(runs: list) -> dict[str, str]:
     """The comparison table's `seeds` (how many, which) and `test_accuracy_over_seeds` (mean ± sd) cells."""
-    seeds = sorted((run.data.params["seed"] for run in runs), key=int)
+    seeds = sorted((run.data.params.get("seed", "?") for run in runs), key=lambda s: (not s.isdigit(), s.zfill(20)))
     accuracies = [run.data.metrics[TEST] for run in runs if TEST in run.data.metrics]
     spread = mean_sd(summarize(accuracies)) if len(accuracies) > 1 else "one seed"
     return {"seeds": f"{len(seeds)} ({', '.join(seeds)})", "test_accuracy_over_seeds": spread}
