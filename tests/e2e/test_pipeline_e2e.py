@@ -30,6 +30,7 @@ EPOCH_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_
 TRAIN_STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}
 TEST_METRICS = [
     "test/accuracy",
+    "test/ece",
     "test/loss",
     "test/macro_auc",
     "test/macro_f1",
