@@ -44,8 +44,11 @@ def experiment_ref(name: str) -> str:
     return found[0]
 
 
-def read_json_at(ref: str, path: Path) -> dict:
-    return json.loads(git("show", f"{ref}:{path.as_posix()}"))
+def read_json_at(experiment: str, path: Path) -> dict:
+    """A result file as the experiment left it: DVC caches the stages' outputs, so it is read through DVC."""
+    import dvc.api
+
+    return json.loads(dvc.api.read(path.as_posix(), rev=experiment))
 
 
 def run_one(recipe: Recipe, seed: int, stamp: str, extra: list[str]) -> dict:
@@ -65,8 +68,8 @@ def run_one(recipe: Recipe, seed: int, stamp: str, extra: list[str]) -> dict:
     if code != 0:
         return {**row, "error": f"dvc exp run exited {code}"}
     ref = experiment_ref(named.name)
-    train = read_json_at(ref, paths.train_summary(recipe.model))
-    test = read_json_at(ref, paths.eval_dir(recipe.model) / "metrics.json")
+    train = read_json_at(named.name, paths.train_summary(recipe.model))
+    test = read_json_at(named.name, paths.eval_dir(recipe.model) / "metrics.json")
     first_step = train["first_step_seconds"] or 0.0  # None: no full-size batch ran
     return {
         **row,
