@@ -151,7 +151,7 @@ def test_mlflow_groups_the_sweeps_runs_by_configuration(swept, tmp_path):
     ui = [sys.executable, "-m", "cifar_pipeline.commands.ui", "--params", str(swept.repo / "params.yaml")]
     env = stage_env(MLFLOW_TRACKING_URI=swept.tracking_uri)
     with background([*ui, "--port", str(free_port())], env, log) as proc, sync_playwright() as p:
-        wait_until(lambda: "Application startup complete" in log.read_text(), proc, "mlflow ui", log, timeout=180)
+        wait_until(lambda: "Open " in log.read_text(), proc, "mlflow ui", log, timeout=300)  # printed once it answers
         address = re.search(r"^Open (\S+)", log.read_text(), flags=re.M).group(1)
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1500, "height": 900})
