@@ -146,7 +146,7 @@ def mlflow_ui(experiments, tmp_path_factory):
         assert '"Model training"' in log.read_text()  # where to click once so the browser remembers the view
         yield address
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # to the command alone, not its process group
         proc.wait(timeout=60)
     with pytest.raises(OSError):  # the server it started stopped with it
         urllib.request.urlopen(f"{base(address)}/health", timeout=5)

@@ -5,7 +5,6 @@ address asks otherwise) and how to make the browser remember that view."""
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import subprocess
 import sys
@@ -43,7 +42,7 @@ def serve(uri: str, port: int, experiment_id: str | None) -> int:
     base = f"http://127.0.0.1:{port}"
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # so `finally` stops the server
     command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    server = subprocess.Popen(command, start_new_session=True)  # its own group: its workers stop with it
+    server = subprocess.Popen(command)  # in this command's process group: Ctrl-C reaches it and its workers
     try:
         while not answers(base):
             if server.poll() is not None:
@@ -53,9 +52,9 @@ def serve(uri: str, port: int, experiment_id: str | None) -> int:
         return server.wait()
     except KeyboardInterrupt:
         return cli.INTERRUPTED_EXIT
-    finally:  # Ctrl-C, SIGTERM or an error: the server and its workers stop too
+    finally:  # Ctrl-C, SIGTERM or an error: the server stops too (mlflow passes SIGTERM on to its workers)
         if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
+            server.terminate()
             server.wait()
 
 
