@@ -17,20 +17,10 @@ from pathlib import Path
 import pytest
 
 from helpers.processes import run
-from helpers.project import PROJECT_FILES, ROOT, random_resnet18_weights
+from helpers.project import EVERY_STAGE, PROJECT_FILES, ROOT, random_resnet18_weights, stages_ran
 
 WIDTH = 120
 MODEL_STAGES = {"cnn": {"train_cnn", "evaluate@cnn"}}
-EVERY_STAGE = {
-    "download",
-    "train_cnn",
-    "train_resnet34",
-    "finetune_resnet18",
-    "evaluate@cnn",
-    "evaluate@resnet34",
-    "evaluate@resnet18",
-    "compare",
-}
 
 
 def readme_commands() -> list[str]:
@@ -63,10 +53,6 @@ def fresh_clone(tmp_path: Path, archive: Path) -> Path:
 def shell(line: str, cwd: Path, env: dict[str, str]):
     """One README line in a new bash that activates the venv first, as the README says."""
     return run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd, timeout=2400, **env)
-
-
-def ran(output: str) -> set[str]:
-    return {s for s in EVERY_STAGE if f"Running stage '{s}'" in output}
 
 
 def table_lines(line: str, output: str) -> list[str]:
@@ -104,11 +90,11 @@ def test_the_readme_commands_in_order_on_a_cpu(tmp_path, archive, archive_md5):
         wide = [row for row in table_lines(line, result.stdout) if len(row) > WIDTH]
         assert not wide, f"{line}: table wider than {WIDTH} columns:\n" + "\n".join(wide)
 
-    assert ran(outputs["make demo"]) == EVERY_STAGE
+    assert stages_ran(outputs["make demo"]) == EVERY_STAGE
     lr2 = outputs["make exp N=cnn-lr2e-3 S=cnn.optimizer.lr=0.002"]
     for output in (outputs["make demo"], lr2):  # none of the warnings the project caused
         assert "No file hash info found" not in output and "untracked files" not in output, output
-    assert ran(lr2) == MODEL_STAGES["cnn"] | {"compare"}, lr2  # the ResNets come from DVC's run cache
+    assert stages_ran(lr2) == MODEL_STAGES["cnn"] | {"compare"}, lr2  # the ResNets come from DVC's run cache
     assert "Stage 'train_resnet34' is cached" in lr2
     shown = outputs["make show"]
     assert "cnn.optimizer.lr" in shown and "test_acc.cnn" in shown and "data.md5" not in shown

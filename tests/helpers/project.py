@@ -25,6 +25,24 @@ PROJECT_FILES = [
 ]
 
 
+# Every stage of dvc.yaml, as `dvc repro` prints them.
+EVERY_STAGE = {
+    "download",
+    "finetune_resnet18",
+    "train_cnn",
+    "train_resnet34",
+    "evaluate@cnn",
+    "evaluate@resnet34",
+    "evaluate@resnet18",
+    "compare",
+}
+
+
+def stages_ran(output: str) -> set[str]:
+    """The stages a `dvc repro` or `dvc exp run` output says it ran (not those it restored from a cache)."""
+    return {s for s in EVERY_STAGE if f"Running stage '{s}'" in output}
+
+
 def tiny_params(md5: str) -> dict:
     """params.yaml with every model shrunk to seconds on a CPU."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
