@@ -15,7 +15,7 @@ from cifar_pipeline.engine.optim import current_lr
 from cifar_pipeline.engine.trainer import build_trainer
 from helpers.data import make_images
 from helpers.project import ROOT
-from helpers.training import lrs_per_step, stop_and_restore
+from helpers.training import TINY_AIRBENCH, lrs_per_step, stop_and_restore
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -26,23 +26,7 @@ OPTIMIZERS = {  # Adam (capturable) under the CNN's own schedule; fused SGD unde
     "sgd_onecycle": {"optimizer": {"name": "sgd", "lr": 0.05, "nesterov": True}, "scheduler": {"name": "onecycle"}},
     # cnn-airbench94's switches, narrowed: three SGD groups (the stem's bias frozen after epoch 1 by a zero lr),
     # a linear schedule per group, Lookahead outside the graph, a whitening stem fitted on the GPU
-    "airbench": {
-        "arch": "wide",
-        "wide": {"widths": [16, 32, 32], "whiten": True, "whiten_bias_epochs": 1},
-        "batchnorm": {"momentum": 0.4, "eps": 1e-12, "weight": False},
-        "lookahead": {"every": 2},
-        "optimizer": {
-            "name": "sgd",
-            "lr": 11.5,
-            "momentum": 0.85,
-            "nesterov": True,
-            "weight_decay": 0.0153,
-            "decoupled": True,
-            "bias_lr_scale": 64.0,
-        },
-        "scheduler": {"name": "linear", "pct_start": 0.23, "start_factor": 0.2, "end_factor": 0.07},
-        "tta": "flip_shift",
-    },
+    "airbench": TINY_AIRBENCH,
 }
 
 

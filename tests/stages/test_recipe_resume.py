@@ -13,8 +13,10 @@ import pytest
 import torch
 from test_resume import assert_one_complete_run, final_weights, resumable  # noqa: F401
 
+from cifar_pipeline.commands.recipes import merged
 from helpers.processes import run, sigterm_after, stage
 from helpers.project import read_params, write_params
+from helpers.training import TINY_AIRBENCH
 
 PER_STEP = {
     "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0005},
@@ -22,26 +24,16 @@ PER_STEP = {
     "label_smoothing": 0.1,
     "augment": {"crop_padding": 4, "hflip": True, "rotation": 10.0, "cutout": 8},
 }
-FAST = {
-    "arch": "wide",
-    "wide": {"widths": [16, 32, 32], "residual": True, "whiten": True, "whiten_bias_epochs": 1},
-    "extra_convs": 1,
-    "batchnorm": {"momentum": 0.4, "eps": 1e-12, "weight": False},
-    "lookahead": {"every": 2, "decay": 0.95},
-    "optimizer": {
-        "name": "sgd",
-        "lr": 11.5,
-        "momentum": 0.85,
-        "nesterov": True,
-        "weight_decay": 0.0153,
-        "decoupled": True,
-        "bias_lr_scale": 64.0,
+FAST = merged(  # every fast switch on
+    TINY_AIRBENCH,
+    {
+        "wide": {"residual": True},
+        "extra_convs": 1,
+        "lookahead": {"decay": 0.95},
+        "label_smoothing": 0.2,
+        "augment": {"crop_padding": 2, "crop_reflect": True, "hflip": True, "alternate_flip": True, "cutout": 8},
     },
-    "scheduler": {"name": "linear", "pct_start": 0.23, "start_factor": 0.2, "end_factor": 0.07},
-    "label_smoothing": 0.2,
-    "tta": "flip_shift",
-    "augment": {"crop_padding": 2, "crop_reflect": True, "hflip": True, "alternate_flip": True, "cutout": 8},
-}
+)
 
 
 def logged_lrs(project) -> list[str]:
