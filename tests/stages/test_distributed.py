@@ -179,35 +179,16 @@ def test_sigkill_of_one_rank_ends_every_rank_and_repro_resumes_to_the_same_weigh
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_repro_group_checkpoints_every_rank_mid_epoch_and_resumes(ranked, reference):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_signal_to_the_repro_group_checkpoints_every_rank_mid_epoch_and_resumes(ranked, reference, signum):
+    """SIGTERM as a scheduler (or Ctrl-C, with SIGINT) sends it: torchrun passes it on to the ranks. SIGKILL ends
+    dvc and the launcher at once: the ranks, in sessions of their own, get SIGTERM as their launcher dies."""
     edit_params(ranked, progress=True)  # rank 0's bar tells when epoch 2 has begun
     proc = start_in_own_group(["dvc", "repro", "train_cnn"], ranked)
     wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
     processes = descendants(proc.pid)
-    # as a scheduler (or Ctrl-C, with SIGINT) does; torchrun passes it on to the ranks, in sessions of their own
-    os.killpg(proc.pid, signal.SIGTERM)
-    out = proc.communicate(timeout=300)[0]
-    assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
-    assert not still_running(processes)
-    _, runs = cnn_runs(ranked)
-    assert [r.info.status for r in runs] == ["KILLED"]
-
-    rerun = run(["dvc", "repro", "train_cnn"], ranked)
-    assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
-    assert_one_complete_run(ranked)
-    assert_same_weights(reference, ranked)
-
-
-@pytest.mark.slow
-@pytest.mark.slow
-def test_sigkill_of_the_repro_group_stops_the_ranks_with_a_mid_epoch_checkpoint(ranked, reference):
-    edit_params(ranked, progress=True)
-    proc = start_in_own_group(["dvc", "repro", "train_cnn"], ranked)
-    wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
-    processes = descendants(proc.pid)
-    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the launcher; the ranks, in sessions of their own, get SIGTERM
-    out = proc.stdout.read()  # until the last rank closes its end of the pipe
-    proc.wait()
+    os.killpg(proc.pid, signum)
+    out = proc.communicate(timeout=300)[0]  # until the last rank closes its end of the pipe
     assert re.search(r"stopped by SIGTERM; checkpoint at epoch 2, step \d+", out), out
     assert not still_running(processes)
     _, runs = cnn_runs(ranked)
