@@ -4,13 +4,20 @@
 - floor:   the same step replayed on one pre-made device batch (no data handling at all);
 - dataloader: the seed notebooks' way (torchvision DataLoader, PIL transforms, 2 workers, fp32 eager).
 
-Usage: python benchmarks/throughput.py [--params params.yaml] [--data data/cifar10.npz] [--out FILE]
+Then where a steady epoch's seconds go: the step's compute (floor time x steps), the data (permuting and
+augmenting the epoch on the device), the rest of the loop (Python: per-step schedule, Lookahead, sums)
+and validation; and the step's achieved TFLOP/s (convolutions and matmuls, forward and backward).
+
+Usage: python benchmarks/throughput.py [--params params.yaml] [--recipes NAME ...] [--data data/cifar10.npz]
+           [--out FILE]
+--recipes measures each named recipe (recipes/NAME.yaml on top of --params) instead of the params' models.
 Speed claims live here and in docs/performance.md, never in the test suite.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -20,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
-from cifar_pipeline.core import paths
-from cifar_pipeline.core.config import MODELS, ModelParams, Resnet18Params, load_params
+from cifar_pipeline.commands import recipes
+from cifar_pipeline.core import paths, yaml12
+from cifar_pipeline.core.config import MODELS, ModelParams, Params, Resnet18Params, load_params, parse_params
 from cifar_pipeline.core.data import load_arrays, split_indices
 from cifar_pipeline.engine.device import Settings, synchronize
 from cifar_pipeline.engine.loader import DeviceData
@@ -60,6 +69,41 @@ def floor_img_per_s(trainer: Trainer, batch_size: int) -> float:
         replay()
     synchronize(trainer.settings.device)
     return FLOOR_STEPS * batch_size / (time.perf_counter() - start)
+
+
+def timed(run, device: torch.device) -> float:
+    synchronize(device)
+    start = time.perf_counter()
+    run()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def epoch_breakdown(trainer: Trainer, floor_img_per_s: float) -> dict:
+    """Seconds of one steady epoch by part (run after project_img_per_s, so the graph is captured)."""
+    device = trainer.settings.device
+    result = trainer.train_epoch(3)
+    validation = timed(trainer.validate, device)
+    data = timed(lambda: list(trainer.loader.epoch(number=4)[1]), device)
+    train = trainer.loader.images / result.images_per_second
+    step = trainer.loader.images / floor_img_per_s
+    return {"step": step, "data": data, "python_and_rest": train - step - data, "validation": validation}
+
+
+def step_flops(trainer: Trainer, batch_size: int) -> int:
+    """Forward and backward FLOPs of one training batch (torch's counter: convolutions and matmuls)."""
+    model = copy.deepcopy(trainer.model).train()
+    x = trainer.settings.layout(trainer.data.val_x[:batch_size].clone())
+    with FlopCounterMode(display=False) as counter:
+        with trainer.settings.autocast():
+            loss = F.cross_entropy(model(x), trainer.data.val_y[:batch_size])
+        loss.backward()
+    return counter.get_total_flops()
+
+
+def recipe_params(base: Path, name: str) -> tuple[Params, str]:
+    recipe = recipes.load(name)
+    return parse_params(recipes.merged(yaml12.load(base.read_text()), recipe.changes), name), recipe.model
 
 
 class PilDataset(Dataset):
@@ -128,23 +172,27 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=paths.PARAMS)
     parser.add_argument("--data", type=Path, default=paths.DATA)
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
+    parser.add_argument("--recipes", nargs="+", default=[], help="named recipes instead of --models")
     parser.add_argument("--skip-dataloader", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
-    params = load_params(args.params)
-    device = Settings.resolve(params.runtime).device
+    base = load_params(args.params)
+    runs = {name: recipe_params(args.params, name) for name in args.recipes} or {m: (base, m) for m in args.models}
+    device = Settings.resolve(base.runtime).device
     data = load_arrays(args.data)
-    device_data = DeviceData.split(data, params.data.val_size, params.seed, device)
-    train_idx, _ = split_indices(len(data.train_y), params.data.val_size, params.seed)  # for the DataLoader
+    device_data = DeviceData.split(data, base.data.val_size, base.seed, device)
+    train_idx, _ = split_indices(len(data.train_y), base.data.val_size, base.seed)  # for the DataLoader
     results = {}
-    for name in args.models:
+    for label, (params, name) in runs.items():
         cfg = params.model(name)
         settings = Settings.resolve(params.runtime, compile=cfg.compile)  # as the stage; the same GPU each time
         trainer = build_trainer(params, name, settings, device_data)
         row = project_img_per_s(trainer)
         floor_trainer = build_trainer(params, name, settings, device_data)
         row["floor_img_per_s"] = floor_img_per_s(floor_trainer, cfg.batch_size)
+        row["epoch_seconds"] = epoch_breakdown(trainer, row["floor_img_per_s"])
+        row["step_tflop_per_s"] = step_flops(trainer, cfg.batch_size) * row["floor_img_per_s"] / cfg.batch_size / 1e12
         del trainer, floor_trainer
         if not args.skip_dataloader:
             row["dataloader_img_per_s"] = dataloader_img_per_s(
@@ -154,11 +202,11 @@ def main() -> None:
                 data.train_y[train_idx],
                 device,
             )
-        results[name] = row
-        print(json.dumps({name: row}), flush=True)
+        results[label] = row
+        print(json.dumps({label: row}), flush=True)
 
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else str(device)
-    print(f"\n{gpu}, batch sizes from {args.params}")
+    print(f"\n{gpu}, {'recipes ' + ', '.join(args.recipes) if args.recipes else 'batch sizes'} on {args.params}")
     print(
         f"{'model':<10}{'project img/s':>15}{'floor img/s':>13}{'project/floor time':>20}"
         f"{'dataloader img/s':>18}{'speed-up':>10}"
@@ -170,6 +218,12 @@ def main() -> None:
             f"{r['floor_img_per_s'] / r['img_per_s']:>19.3f}x"
             f"{dl or float('nan'):>18,.0f}{(r['img_per_s'] / dl if dl else float('nan')):>9.1f}x"
         )
+    print(f"\nOne steady epoch, s (share): step's compute, data, Python and the rest of the loop, validation")
+    for name, r in results.items():
+        parts = r["epoch_seconds"]
+        total = sum(parts.values())
+        shares = "".join(f"{v:>9.3f} ({v / total:4.0%})" for v in parts.values())
+        print(f"{name:<16}{shares}   step at {r['step_tflop_per_s']:.0f} TFLOP/s")
     if args.out:
         args.out.write_text(json.dumps({"gpu": gpu, "models": results}, indent=2))
 

@@ -244,6 +244,18 @@ def test_flip_shift_tta_averages_the_six_views_with_airbenchs_weights():
         torch.testing.assert_close(model(x), net(x))  # training sees single images
 
 
+def test_without_validate_tta_each_epochs_validation_scores_one_plain_view():
+    trainer = airbench(validate_tta=False)
+    model, x, y = trainer.model, trainer.data.val_x, trainer.data.val_y
+    with torch.no_grad():
+        plain = loss_and_accuracy(model.eval().logits(x), y)
+        views = loss_and_accuracy(predict(model, x, trainer.settings), y)
+    assert plain[0] != pytest.approx(views[0])  # the six views score differently from one
+    assert trainer.validate() == pytest.approx(plain)
+    assert model.tta_mode == "flip_shift"  # the saved model, evaluate and serving still average the views
+    assert airbench().validate() == pytest.approx(views)  # by default validation averages them too
+
+
 # --- resume -------------------------------------------------------------------------------------------
 
 

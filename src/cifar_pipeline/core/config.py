@@ -176,6 +176,7 @@ class ModelParams(Strict):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the training loss only
     # inference (validation, test, serving): flip = average with the mirror image; flip_shift also 1-px shifts
     tta: Literal["none", "flip", "flip_shift"] = "none"
+    validate_tta: bool = True  # false: each epoch's validation scores one plain view, as airbench does (faster)
     batchnorm: BatchNormParams = BatchNormParams()
     lookahead: LookaheadParams = LookaheadParams()
     compile: bool = False  # torch.compile the train step on a CUDA GPU (never with runtime.deterministic)

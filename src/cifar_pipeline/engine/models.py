@@ -4,6 +4,8 @@ so a saved model is complete: evaluation needs no preprocessing params."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,6 +47,16 @@ class Classifier(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(x))
+
+    @contextmanager
+    def plain_view(self, on: bool = True) -> Iterator[None]:
+        """While `on`, inference scores each image as it is, without the tta views."""
+        mode = self.tta_mode
+        self.tta_mode = "none" if on else mode
+        try:
+            yield
+        finally:
+            self.tta_mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training or self.tta_mode == "none":

@@ -56,7 +56,8 @@ class Trainer:
         return self.loader.data
 
     def validate(self) -> tuple[float, float]:
-        with explain_oom(f"validating {self.name}", "runtime.eval_batch_size", self.settings.eval_batch_size):
+        oom = explain_oom(f"validating {self.name}", "runtime.eval_batch_size", self.settings.eval_batch_size)
+        with oom, self.model.plain_view(not self.cfg.validate_tta):
             if self.settings.ranks:
                 return distributed.validate(self.model, self.data.val_x, self.data.val_y, self.settings)
             logits = predict(self.model, self.data.val_x, self.settings)
