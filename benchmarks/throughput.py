@@ -218,7 +218,7 @@ def main() -> None:
             f"{r['floor_img_per_s'] / r['img_per_s']:>19.3f}x"
             f"{dl or float('nan'):>18,.0f}{(r['img_per_s'] / dl if dl else float('nan')):>9.1f}x"
         )
-    print(f"\nOne steady epoch, s (share): step's compute, data, Python and the rest of the loop, validation")
+    print("\nOne steady epoch, s (share): step's compute, data, Python and the rest of the loop, validation")
     for name, r in results.items():
         parts = r["epoch_seconds"]
         total = sum(parts.values())

@@ -149,7 +149,7 @@ def test_the_linear_schedule_rises_from_start_factor_then_falls_to_end_factor():
 
 
 def test_the_lookahead_weights_are_the_ones_evaluated_and_saved():
-    trainer = airbench(n_train=48)  # 6 steps: the epoch ends between two syncs every 5 steps
+    trainer = airbench(n_train=48, validate_tta=True)  # 6 steps: the epoch ends between two syncs every 5 steps
     look = trainer.lookahead
     trained = {}
     after_step = look.after_step
@@ -253,7 +253,7 @@ def test_without_validate_tta_each_epochs_validation_scores_one_plain_view():
     assert plain[0] != pytest.approx(views[0])  # the six views score differently from one
     assert trainer.validate() == pytest.approx(plain)
     assert model.tta_mode == "flip_shift"  # the saved model, evaluate and serving still average the views
-    assert airbench().validate() == pytest.approx(views)  # by default validation averages them too
+    assert airbench(validate_tta=True).validate() == pytest.approx(views)  # with it on, validation averages them
 
 
 # --- resume -------------------------------------------------------------------------------------------
