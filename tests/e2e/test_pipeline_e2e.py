@@ -118,6 +118,7 @@ def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     for r in current:
         assert f"runs/{r.info.run_id})" in compared.data.tags["mlflow.note.content"]
     assert {m.split("/")[1] for m in compared.data.metrics} == set(EPOCHS)
+    assert "confusion_matrices.png" in {a.path for a in client.list_artifacts(compared.info.run_id)}
     in_second = client.search_runs([experiment.experiment_id], "tags.dvc_exps LIKE '%second%'")
     assert {r.info.run_id for r in in_second} == {r.info.run_id for r in [*current, compared]}
 

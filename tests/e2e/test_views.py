@@ -189,6 +189,33 @@ def test_mlflow_compare_view_lines_up_params_and_metrics_across_models(experimen
     page.close()
 
 
+def test_mlflow_comparison_run_shows_the_confusion_matrices_side_by_side(experiments, mlflow_ui, browser):
+    """Where the three models' confusion matrices can be read at 1400 px: MLflow 3.17's compare view lists
+    artifacts in a pane 2 px wide below about 1800 px, and its chart view draws logged images as 256 px
+    thumbnails. `compare` logs them side by side as one figure, which the comparison run's artifact view
+    scales to its pane."""
+    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    [comparison] = client.search_runs(
+        [client.get_experiment_by_name("cifar10").experiment_id], "attributes.run_name = 'comparison-second'"
+    )
+    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+    page.goto(
+        f"{base(mlflow_ui)}/#/experiments/{comparison.info.experiment_id}/runs/{comparison.info.run_id}/artifacts"
+        "?workflowType=machine_learning"
+    )
+    close = page.get_by_role("button", name="Close", exact=True)  # MLflow's assistant panel, open on a first visit
+    close.click()
+    close.wait_for(state="hidden")
+    page.get_by_text("confusion_matrices.png", exact=True).click()  # in the run's list of artifacts
+    image = page.locator("img[alt='confusion_matrices.png']")
+    page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=image.element_handle())
+    box = image.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= WIDTH and box["y"] + box["height"] <= 900, box  # no scrolling
+    assert box["width"] >= 3 * 270, box  # each matrix about 280 px wide and its counts about 9 px: readable
+    screenshot(page, "mlflow-confusion-matrices.png")
+    page.close()
+
+
 def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser):
     client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
     [cnn] = client.search_runs(

@@ -207,7 +207,8 @@ def test_registry_shows_each_versions_accuracy_and_split_and_the_model_is_named(
 
 
 def write_model_outputs(project: Path, name: str, run_id: str, version: int) -> None:
-    """What train and evaluate leave for `compare`: a summary, test metrics and the run's registered version."""
+    """What train and evaluate leave for `compare`: a summary, test metrics, a confusion matrix and the run's
+    registered version."""
     summary = {"best_val_acc": 0.5, "epochs": 1, "train_seconds": 1.0, "images_per_second": 1.0}
     for path, content in {
         f"models/{name}/mlflow_run.json": {
@@ -221,6 +222,7 @@ def write_model_outputs(project: Path, name: str, run_id: str, version: int) -> 
     }.items():
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(json.dumps(content))
+    (project / f"reports/eval/{name}/confusion_matrix.csv").write_text("true\\predicted,a,b\na,1,0\nb,0,1\n")
 
 
 def test_comparison_names_a_version_deleted_from_the_registry(project, monkeypatch):

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cifar_pipeline.reporting.metrics import confusion_matrix, summarize, write_confusion_csv, write_confusion_png
+from cifar_pipeline.reporting.metrics import (
+    confusion_matrix,
+    confusion_row,
+    read_confusion_csv,
+    summarize,
+    write_confusion_csv,
+    write_confusion_png,
+)
 
 CLASSES = ["a", "b", "c", "d"]
 LABELS = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 3])
@@ -41,6 +48,8 @@ def test_confusion_csv(tmp_path):
     path = tmp_path / "cm.csv"
     write_confusion_csv(CM, CLASSES, path)
     assert path.read_text() == "true\\predicted,a,b,c,d\na,2,1,0,0\nb,1,1,0,0\nc,1,0,2,0\nd,1,0,1,0\n"
+    cm, classes = read_confusion_csv(path)
+    assert np.array_equal(cm, CM) and classes == CLASSES
 
 
 def test_confusion_png(tmp_path):
@@ -50,3 +59,12 @@ def test_confusion_png(tmp_path):
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert data.endswith(b"IEND\xaeB`\x82")  # complete file
     assert [p.name for p in tmp_path.iterdir()] == ["cm.png"]
+
+
+def test_confusion_row_puts_the_matrices_side_by_side():
+    fig = confusion_row({"first": CM, "second": CM.T, "third": CM * 2}, CLASSES)
+    axes = fig.get_axes()
+    assert [ax.get_title() for ax in axes] == ["first", "second", "third"]
+    assert len({ax.get_position().y0 for ax in axes}) == 1  # one row
+    assert [ax.get_ylabel() for ax in axes] == ["true", "", ""]
+    assert [t.get_text() for t in axes[2].texts] == [str(v) for v in (CM * 2).flat]  # the counts

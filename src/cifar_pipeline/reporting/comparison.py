@@ -6,6 +6,8 @@ import pandas as pd
 
 from cifar_pipeline.core import atomic, paths
 from cifar_pipeline.core.config import MODELS, Params
+from cifar_pipeline.core.errors import DataError
+from cifar_pipeline.reporting import metrics
 
 NOTEBOOK_ACCURACY = {"cnn": "89.11 %", "resnet34": "not reported", "resnet18": "91.95 %"}
 TRAIN_KEYS = ("best_val_acc", "epochs", "train_seconds", "images_per_second", "params_trainable", "params_total")
@@ -132,3 +134,17 @@ def write(table: pd.DataFrame) -> tuple:
         {"test_acc": {m: round(float(a), 4) for m, a in zip(table["model"], table["test_accuracy"], strict=True)}},
     )
     return csv_path, md_path, paths.METRICS
+
+
+def confusion_figure(table: pd.DataFrame):
+    """The models' test confusion matrices side by side, from their evaluate stages' CSVs."""
+    matrices = {}
+    for name, accuracy in zip(table["model"], table["test_accuracy"], strict=True):
+        path = paths.eval_dir(name) / "confusion_matrix.csv"
+        try:
+            cm, classes = metrics.read_confusion_csv(path)
+        except (OSError, ValueError) as exc:
+            rebuild = f"run `dvc repro -f evaluate@{name}` to rebuild it"
+            raise DataError(f"{path} is not a readable confusion matrix ({exc}); {rebuild}") from None
+        matrices[f"{name}: test accuracy {accuracy:.2%}"] = cm
+    return metrics.confusion_row(matrices, classes)

@@ -60,7 +60,7 @@ def evaluate(params: Params, name: str) -> dict:
             **{f"test_auc/{c}": curve["auc"] for c, curve in curves.items()},
         }
     )
-    tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view shows it across runs
+    tracker.log_artifact(out / "confusion_matrix.png")  # top level: MLflow's compare view lists it across runs
     for file in calibration.FILES:
         tracker.log_artifact(out / file, "calibration")
     for file in ("metrics.json", "confusion_matrix.csv", "roc.csv", "roc.png"):

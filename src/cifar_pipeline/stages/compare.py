@@ -11,7 +11,7 @@ from cifar_pipeline.tracking.tags import base_tags
 def main() -> None:
     params = cli.parse_args(__doc__, per_model=False)[0]
 
-    from cifar_pipeline.reporting.comparison import build_table, write
+    from cifar_pipeline.reporting.comparison import build_table, confusion_figure, write
     from cifar_pipeline.reporting.seeds import same_params_runs, seed_cells
     from cifar_pipeline.tracking import registry
     from cifar_pipeline.tracking.run_metadata import link_model_runs, run_name
@@ -27,6 +27,7 @@ def main() -> None:
         m: seed_cells(same_params_runs(tracker.client, tracker.experiment_id, r["run_id"])) for m, r in runs.items()
     }
     table = build_table(params, {name: c.version for name, c in champions.items()}, gone, seeds)
+    confusion = confusion_figure(table)  # side by side in the run's artifact view, unlike MLflow's compare view
     files = write(table)
     tags = {
         **base_tags("compare"),
@@ -40,6 +41,7 @@ def main() -> None:
         tracker.log_metrics({f"test_accuracy/{m}": a for m, a in accuracies.items()})
         for path in files:
             tracker.log_artifact(path)
+        tracker.log_figure(confusion, "confusion_matrices.png")
         for m, version in registered.items():
             if version not in gone:
                 registry.tag_test_accuracy(tracker.client, *version, accuracies[m])

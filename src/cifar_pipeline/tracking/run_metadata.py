@@ -145,4 +145,7 @@ def link_model_runs(tracker, runs: dict[str, dict]) -> str:
         if exp:
             tracker.set_tags({"dvc_exps": with_exp(run.data.tags.get("dvc_exps"), exp)}, run_id=info["run_id"])
         links.append(f"- {name}: [{run.info.run_name}](#/experiments/{info['experiment_id']}/runs/{info['run_id']})")
-    return "Comparison of the three model runs (table in the artifacts, `comparison.md`):\n\n" + "\n".join(links)
+    return (
+        "Comparison of the three model runs (in the artifacts: the table, `comparison.md`, and their confusion "
+        "matrices side by side, `confusion_matrices.png`):\n\n" + "\n".join(links)
+    )

@@ -188,6 +188,9 @@ class Tracker:
     def log_text(self, text: str, artifact_file: str) -> None:
         retry_locked(lambda: self.client.log_text(self.run_id, text, artifact_file))
 
+    def log_figure(self, figure, artifact_file: str) -> None:
+        retry_locked(lambda: self.client.log_figure(self.run_id, figure, artifact_file))
+
     def logged_models(self, name: str) -> list:
         """The run's logged models called `name` (deleted ones excluded), oldest first."""
         return retry_locked(
