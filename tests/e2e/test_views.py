@@ -156,6 +156,18 @@ def base(address: str) -> str:
     return address.split("/#/")[0]
 
 
+def open_run(experiments, mlflow_ui: str, browser, run_name: str, tab: str):
+    """A new page, WIDTH wide, on the tab (`artifacts`, `model-metrics`) of the run called `run_name`."""
+    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("cifar10").experiment_id
+    [run] = client.search_runs([experiment], f"attributes.run_name = '{run_name}'")
+    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
+    page.goto(
+        f"{base(mlflow_ui)}/#/experiments/{experiment}/runs/{run.info.run_id}/{tab}?workflowType=machine_learning"
+    )
+    return page
+
+
 def test_mlflow_ui_shows_a_model_training_experiment_with_named_runs(mlflow_ui, browser):
     page = browser.new_page(viewport={"width": WIDTH, "height": 900})
     assert mlflow_ui.endswith("/runs?workflowType=machine_learning"), mlflow_ui
@@ -194,15 +206,7 @@ def test_mlflow_comparison_run_shows_the_confusion_matrices_side_by_side(experim
     artifacts in a pane 2 px wide below about 1800 px, and its chart view draws logged images as 256 px
     thumbnails. `compare` logs them side by side as one figure, which the comparison run's artifact view
     scales to its pane."""
-    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
-    [comparison] = client.search_runs(
-        [client.get_experiment_by_name("cifar10").experiment_id], "attributes.run_name = 'comparison-second'"
-    )
-    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-    page.goto(
-        f"{base(mlflow_ui)}/#/experiments/{comparison.info.experiment_id}/runs/{comparison.info.run_id}/artifacts"
-        "?workflowType=machine_learning"
-    )
+    page = open_run(experiments, mlflow_ui, browser, "comparison-second", "artifacts")
     close = page.get_by_role("button", name="Close", exact=True)  # MLflow's assistant panel, open on a first visit
     close.click()
     close.wait_for(state="hidden")
@@ -217,15 +221,7 @@ def test_mlflow_comparison_run_shows_the_confusion_matrices_side_by_side(experim
 
 
 def test_mlflow_run_page_shows_the_curves_first(experiments, mlflow_ui, browser):
-    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
-    [cnn] = client.search_runs(
-        [client.get_experiment_by_name("cifar10").experiment_id], "attributes.run_name = 'cnn-first'"
-    )
-    page = browser.new_page(viewport={"width": WIDTH, "height": 900})
-    page.goto(
-        f"{base(mlflow_ui)}/#/experiments/{cnn.info.experiment_id}/runs/{cnn.info.run_id}/model-metrics"
-        "?workflowType=machine_learning"
-    )
+    page = open_run(experiments, mlflow_ui, browser, "cnn-first", "model-metrics")
     page.get_by_text("test_per_class", exact=True).wait_for()
     sections = re.findall(r"^(\w+) \(\d+\)$", page.locator("body").inner_text().replace("\n(", " ("), flags=re.M)
     assert sections[:4] == ["Train", "Val", "summary", "test"], sections
