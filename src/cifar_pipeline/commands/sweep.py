@@ -14,8 +14,11 @@ MLflow (tracking/tags.py). `--recipe R` starts every point from recipes/R.yaml. 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import selectors
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,6 +159,34 @@ def failed(points: list[Point], root: Path) -> list[str]:
         )
 
 
+def run_all(jobs: int) -> int:
+    """`dvc exp run --run-all`, its output copied to ours until it exits. Not until its pipe closes: a process
+    DVC forks for a queue worker keeps the pipe, and can hang on after the queue is done (DVC issue #10398)."""
+    with subprocess.Popen(
+        ["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    ) as proc:
+        out = proc.stdout.fileno()
+        os.set_blocking(out, False)
+        with selectors.DefaultSelector() as selector:
+            selector.register(out, selectors.EVENT_READ)
+            while True:
+                exited = proc.poll() is not None
+                while chunk := read_some(out):
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                if exited:
+                    return proc.returncode
+                selector.select(timeout=1.0)
+
+
+def read_some(fd: int) -> bytes:
+    """What the pipe holds now (b"" when nothing is waiting or it is closed)."""
+    try:
+        return os.read(fd, 1 << 16)
+    except BlockingIOError:
+        return b""
+
+
 def default_jobs() -> int:
     import torch
 
@@ -176,7 +207,7 @@ def main() -> int:
     queue(args.name, points, recipe, root)
     jobs = args.jobs or default_jobs()
     print(f"sweep {args.name}: {len(points)} experiments queued; running them, {jobs} at a time", flush=True)
-    code = subprocess.run(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)]).returncode
+    code = run_all(jobs)
     broken = failed(points, root)
     if broken:
         print(f"sweep {args.name}: {len(broken)} experiments failed; see `dvc queue logs NAME`: {', '.join(broken)}")
