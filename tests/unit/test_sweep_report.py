@@ -1,15 +1,19 @@
-"""The sweep report's statistics and ranking on hand-made runs, the sweep tags, and the sweep's plan."""
+"""The sweep report's statistics and ranking on hand-made runs, the sweep tags, the sweep's plan, and how it
+relays DVC's output."""
 
 from __future__ import annotations
 
 import math
+import os
+import signal
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from cifar_pipeline.commands import recipes
-from cifar_pipeline.commands.sweep import plan, targets
+from cifar_pipeline.commands.sweep import plan, relay, targets
 from cifar_pipeline.core.config import parse_params
 from cifar_pipeline.core.errors import ParamsError
 from cifar_pipeline.reporting import stats, sweep_report
@@ -109,3 +113,19 @@ def test_a_recipe_is_the_base_of_every_point_and_its_model_is_trained():
     points = plan("s", ["seed=0,1"], recipe, ROOT)
     assert [p.name for p in points] == ["s-seed=0", "s-seed=1"]
     assert targets(list(points[0].values), recipe) == ["evaluate@cnn"]
+
+
+def test_relay_returns_when_the_command_exits_while_its_child_keeps_the_pipe(capfd):
+    """What `dvc exp run --run-all` does when a queue worker hangs on: a child of it keeps its output pipe."""
+    script = (
+        "import subprocess, sys; "
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        "print(child.pid, 'queue done', flush=True); sys.exit(3)"
+    )
+    assert relay([sys.executable, "-c", script]) == 3
+    pid, *words = capfd.readouterr().out.split()
+    try:
+        assert words == ["queue", "done"]  # all it printed, copied
+        os.kill(int(pid), 0)  # the child still runs, holding the pipe: relay didn't wait for the pipe to close
+    finally:
+        os.kill(int(pid), signal.SIGKILL)

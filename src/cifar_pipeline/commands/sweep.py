@@ -159,12 +159,11 @@ def failed(points: list[Point], root: Path) -> list[str]:
         )
 
 
-def run_all(jobs: int) -> int:
-    """`dvc exp run --run-all`, its output copied to ours until it exits. Not until its pipe closes: a process
-    DVC forks for a queue worker keeps the pipe, and can hang on after the queue is done (DVC issue #10398)."""
-    with subprocess.Popen(
-        ["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    ) as proc:
+def relay(command: list[str]) -> int:
+    """Run `command`, its output copied to ours until it exits. Not until its pipe closes: for `dvc exp run
+    --run-all`, a process DVC forks for a queue worker keeps the pipe, and can hang on after the queue is
+    done (DVC issue #10398)."""
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         out = proc.stdout.fileno()
         os.set_blocking(out, False)
         with selectors.DefaultSelector() as selector:
@@ -207,7 +206,7 @@ def main() -> int:
     queue(args.name, points, recipe, root)
     jobs = args.jobs or default_jobs()
     print(f"sweep {args.name}: {len(points)} experiments queued; running them, {jobs} at a time", flush=True)
-    code = run_all(jobs)
+    code = relay(["dvc", "exp", "run", "--run-all", "--jobs", str(jobs)])
     broken = failed(points, root)
     if broken:
         print(f"sweep {args.name}: {len(broken)} experiments failed; see `dvc queue logs NAME`: {', '.join(broken)}")
