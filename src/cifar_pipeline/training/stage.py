@@ -20,7 +20,7 @@ from cifar_pipeline.engine.models import imagenet_state_dict
 from cifar_pipeline.engine.optim import effective_lrs
 from cifar_pipeline.engine.progress import EpochResult, RunProgress
 from cifar_pipeline.engine.trainer import Trainer, build_trainer
-from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri
+from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri, signals_deferred
 from cifar_pipeline.tracking.run_metadata import (
     SPLIT_TAG,
     dataset,
@@ -128,12 +128,14 @@ class StageRun:
                 check_params_unchanged(self.params, self.name, self.params_file)
                 summary = write_outputs(self.params, self.name, self.trainer, self.progress, self.tracker, self.classes)
         except Interrupted as stop:
-            self._save_interrupted(stop)
+            with signals_deferred():  # a signal now (torchrun's SIGTERM as another rank ended) waits for the record
+                self._save_interrupted(stop)
             raise
         except BaseException as exc:
-            self.recorder.settle()
-            if self.tracker.run_id is not None:  # Ctrl-C before training's handler: KILLED, like a signal in it
-                self.tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            with signals_deferred():  # likewise: the run is marked before a signal can end this process
+                self.recorder.settle()
+                if self.tracker.run_id is not None:  # Ctrl-C before training's handler: KILLED, like a signal in it
+                    self.tracker.end("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
             if isinstance(exc, Diverged):  # resuming would only diverge again
                 self.resume_file.unlink(missing_ok=True)
             raise
