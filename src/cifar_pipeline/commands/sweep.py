@@ -173,15 +173,15 @@ def relay(command: list[str]) -> int:
                 while chunk := read_some(out):
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
-                if exited:
-                    return proc.returncode
+                if exited or chunk is None:  # None: the pipe closed, nothing more to copy
+                    return proc.wait()
                 selector.select(timeout=1.0)
 
 
-def read_some(fd: int) -> bytes:
-    """What the pipe holds now (b"" when nothing is waiting or it is closed)."""
+def read_some(fd: int) -> bytes | None:
+    """What the pipe holds now: b"" when nothing is waiting, None once it is closed."""
     try:
-        return os.read(fd, 1 << 16)
+        return os.read(fd, 1 << 16) or None
     except BlockingIOError:
         return b""
 
