@@ -19,6 +19,7 @@ from mlflow.entities import LoggedModelStatus
 from cifar_pipeline.core.config import CnnParams, MlflowParams
 from cifar_pipeline.engine import checkpoint
 from cifar_pipeline.engine.models import build_model
+from cifar_pipeline.reporting.metrics import write_confusion_csv
 from cifar_pipeline.tracking import registry
 from cifar_pipeline.tracking.connection import store_lock
 from cifar_pipeline.tracking.run_metadata import SPLIT_TAG
@@ -222,7 +223,7 @@ def write_model_outputs(project: Path, name: str, run_id: str, version: int) -> 
     }.items():
         (project / path).parent.mkdir(parents=True, exist_ok=True)
         (project / path).write_text(json.dumps(content))
-    (project / f"reports/eval/{name}/confusion_matrix.csv").write_text("true\\predicted,a,b\na,1,0\nb,0,1\n")
+    write_confusion_csv(np.eye(2, dtype=int), ["a", "b"], project / f"reports/eval/{name}/confusion_matrix.csv")
 
 
 def test_comparison_names_a_version_deleted_from_the_registry(project, monkeypatch):
