@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from cifar_pipeline.core import yaml12
 from cifar_pipeline.core.errors import ParamsError
 from cifar_pipeline.core.fast_params import BatchNormParams, LookaheadParams, WideParams, fast_switch_conflict
+from cifar_pipeline.core.mlflow_params import MlflowParams
 from cifar_pipeline.core.param_errors import describe
 from cifar_pipeline.core.strict import STRICT
 
@@ -25,7 +26,6 @@ PositiveInt = Annotated[int, Field(gt=0)]
 BatchSize = Annotated[int, Field(ge=2)]  # BatchNorm can't train on one image per batch
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]  # the range numpy's legacy seeding accepts
 MIN_TRAIN_IMAGES = 2
-TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file", "databricks")
 Probability = Annotated[float, Field(ge=0, le=1)]
 RGB = Annotated[list[Annotated[float, Field(ge=0, le=1)]], Field(min_length=3, max_length=3)]
 RGBStd = Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
@@ -72,44 +72,6 @@ class RuntimeParams(Strict):
     def _known_device(cls, v: str) -> str:
         if v not in ("auto", "cuda", "mps", "cpu") and not re.fullmatch(r"cuda:\d+", v):
             raise ValueError("must be auto, cuda, cuda:N (one GPU by index), mps or cpu")
-        return v
-
-
-def tracking_uri_problem(uri: str) -> str | None:
-    """Why uri can't be an MLflow tracking store, or None if its form is fine."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep or not scheme:
-        return "is not a URI: use sqlite:///<path>.db, http(s)://<host>:<port> or another MLflow store URI"
-    if scheme.split("+")[0] not in TRACKING_SCHEMES:
-        return f"has the unknown scheme `{scheme}`; MLflow stores use one of {', '.join(TRACKING_SCHEMES)}"
-    if scheme == "sqlite" and (not rest.startswith("/") or not rest.strip("/")):
-        return "must name a database file: sqlite:///<relative path>.db or sqlite:////<absolute path>.db"
-    if scheme in ("http", "https") and not rest.split("/")[0]:
-        return "has no host: use http(s)://<host>:<port>"
-    return None
-
-
-class MlflowParams(Strict):
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: Annotated[str, Field(min_length=1)] = "cifar10"
-    system_metrics: bool = False
-    register_models: bool = True
-    # letters, digits, '.', '_', '-' only: the name goes into models:/<name>@champion URIs
-    registered_model_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]*$")] = "cifar10-"
-
-    @field_validator("tracking_uri")
-    @classmethod
-    def _known_store(cls, v: str) -> str:
-        problem = tracking_uri_problem(v)
-        if problem:
-            raise ValueError(problem)
-        return v
-
-    @field_validator("experiment")
-    @classmethod
-    def _not_blank(cls, v: str) -> str:
-        if v != v.strip() or not v:
-            raise ValueError("must be a name without leading or trailing spaces, e.g. cifar10")
         return v
 
 

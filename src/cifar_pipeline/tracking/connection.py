@@ -16,8 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from cifar_pipeline.core.config import MlflowParams, tracking_uri_problem
 from cifar_pipeline.core.errors import TrackingError
+from cifar_pipeline.core.mlflow_params import MlflowParams, tracking_uri_problem
 from cifar_pipeline.core.paths import can_create_files_in, project_root
 
 T = TypeVar("T")
