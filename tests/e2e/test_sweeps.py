@@ -23,7 +23,7 @@ from helpers.processes import assert_clean_failure, free_port, run, stage_env, w
 from helpers.project import edit_params, make_project
 from helpers.servers import background
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweeps")]
 SWEEP = "lrs"
 GRID = ["cnn.optimizer.lr=0.002,0.004", "seed=0,1"]
 CONFIGS = {"cnn.optimizer.lr=0.002", "cnn.optimizer.lr=0.004"}
@@ -162,6 +162,8 @@ def test_mlflow_groups_the_sweeps_runs_by_configuration(swept, tmp_path):
         page.get_by_role("menuitemcheckbox", name="sweep.config").click()
         page.keyboard.press("Escape")
         page.get_by_role("button", name="Group by: sweep.config").wait_for()
+        for config in CONFIGS:  # the grouped rows render after the button
+            page.get_by_text(f"Group: {config}").first.wait_for()
         table = page.locator("body").inner_text()
         groups = dict(re.findall(r"^Group: (\S+)\n(\d+)$", table, flags=re.M))
         assert groups == dict.fromkeys(CONFIGS, "2"), table
