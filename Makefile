@@ -15,11 +15,11 @@ $(BIN)/.installed: requirements.txt pyproject.toml
 repro: $(BIN)/.installed  ## the whole pipeline: download, train x3, evaluate x3, compare
 	dvc repro
 
-test: $(BIN)/.installed  ## the whole suite, end-to-end runs included, one worker per core
-	$(BIN)/python -m pytest -q -n auto
+test: $(BIN)/.installed  ## the whole suite, end-to-end runs included
+	$(BIN)/python -m pytest -q
 
 test-fast: $(BIN)/.installed  ## the unit and stage tests (tests/unit, tests/stages), without their slow runs
-	$(BIN)/python -m pytest -q -n auto -m "not slow" tests/unit tests/stages
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/stages
 
 # The demo's size: the whole pipeline in minutes on a CPU. Offline, or for other -S options on every demo-sized
 # run, export DEMO_ARGS once per shell (README, docs/setup.md#offline-use); later -S options win.

@@ -15,8 +15,6 @@ from cifar_pipeline.tracking.run_metadata import epoch_metric
 from helpers.processes import run
 from helpers.project import EVERY_STAGE, read_params, stages_ran, write_params
 
-pytestmark = pytest.mark.xdist_group("experiments")  # one worker builds the shared project
-
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
 EPOCH_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
 TRAIN_STAGES = {"cnn": "train_cnn", "resnet34": "train_resnet34", "resnet18": "finetune_resnet18"}

@@ -31,7 +31,7 @@ from cifar_pipeline.reporting.evaluation import load_trained
 from helpers.images import png_header
 from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("experiments")]  # one worker builds the shared project
+pytestmark = pytest.mark.slow
 MODEL_URI = "models:/cifar10-cnn@champion"
 
 

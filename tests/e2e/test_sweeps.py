@@ -23,7 +23,7 @@ from helpers.processes import assert_clean_failure, free_port, run, stage_env, w
 from helpers.project import edit_params, make_project
 from helpers.servers import background
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("sweeps")]
+pytestmark = pytest.mark.slow
 SWEEP = "lrs"
 GRID = ["cnn.optimizer.lr=0.002,0.004", "seed=0,1"]
 CONFIGS = {"cnn.optimizer.lr=0.002", "cnn.optimizer.lr=0.004"}

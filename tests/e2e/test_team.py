@@ -21,7 +21,7 @@ from helpers.processes import run, stage_env, wait_for_line
 from helpers.project import make_project, read_params, write_params
 from helpers.servers import S3_CREDENTIALS, mlflow_server, postgres, s3_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("team")]
+pytestmark = pytest.mark.slow
 
 BUCKET = "team"
 UI_HOST = "mlflow.team.test"

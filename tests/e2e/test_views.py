@@ -27,11 +27,7 @@ GENAI_ONLY = ["Agent versions", "Judges", "Prompts", "Training runs"]  # sidebar
 NO_BROWSER = "needs Debian's chromium (apt-get install chromium)"
 if CHROMIUM is None and os.environ.get("VIEWS_REQUIRED") == "1":  # .ci/run: these tests must run, not skip
     pytest.fail(f"VIEWS_REQUIRED=1: {NO_BROWSER}", pytrace=False)
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(CHROMIUM is None, reason=NO_BROWSER),
-    pytest.mark.xdist_group("experiments"),  # one worker builds the shared project
-]
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason=NO_BROWSER)]
 WIDTH = 1400  # where the users compare
 
 

@@ -17,11 +17,7 @@ from helpers.data import make_images
 from helpers.project import ROOT
 from helpers.training import TINY_AIRBENCH, lrs_per_step, stop_and_restore
 
-pytestmark = [
-    pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.xdist_group("gpu"),  # one GPU test at a time
-]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 DEVICE = torch.device("cuda")
 PARAMS = load_params(ROOT / "params.yaml")

@@ -29,7 +29,6 @@ SEEDS = [int(s) for s in os.environ.get("DDP_SEEDS", "0").split()]
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.xdist_group("gpu"),  # one GPU test at a time
     pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"),
     pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"needs the CIFAR-10 archive at {ARCHIVE} (CIFAR_ARCHIVE)"),
 ]

@@ -29,8 +29,6 @@ from helpers.processes import (
 )
 from helpers.project import edit_params, make_project, read_params, write_params
 
-pytestmark = pytest.mark.xdist_group("distributed")  # its module fixture is built once
-
 EPOCHS = 3
 
 

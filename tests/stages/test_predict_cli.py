@@ -25,8 +25,6 @@ from helpers.images import png_header
 from helpers.processes import assert_clean_failure, free_port, run
 from helpers.project import random_resnet18_weights
 
-pytestmark = pytest.mark.xdist_group("predict_cli")  # its module fixture is built once
-
 
 def model_file(path, weights=None):
     """A cnn model file as a training stage writes it; `weights` puts another model's weights in it."""
