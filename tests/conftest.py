@@ -4,6 +4,7 @@ its own git repo (what `dvc repro` and the stage CLIs run in). The helpers they 
 from __future__ import annotations
 
 import hashlib
+import signal
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,14 @@ import torch
 from helpers.data import make_archive
 from helpers.processes import run
 from helpers.project import make_project
+
+
+def pytest_configure(config):
+    """A shell's background job (`cmd &` without job control) starts with SIGINT ignored, and every process it
+    starts inherits that: the tests that press Ctrl-C on a stage would test nothing. Restore Python's handler,
+    so the stages start as they do from a terminal."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config, items):
