@@ -3,12 +3,12 @@ its own git repo (what `dvc repro` and the stage CLIs run in). The helpers they 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import signal
 from pathlib import Path
 
 import pytest
-import torch
 
 from helpers.data import make_archive
 from helpers.processes import run
@@ -23,8 +23,18 @@ def pytest_configure(config):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+def pytest_sessionfinish(session, exitstatus):
+    """Spare the interpreter's garbage collection over every torch and MLflow object at exit (4 s and more),
+    as the stages do (core/cli.py)."""
+    gc.freeze()
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` are skipped on a machine without a CUDA GPU (CI); the GPU machine runs them."""
+    if not any("cuda" in item.keywords for item in items):
+        return
+    import torch  # here, not at the top: collecting tests that need no GPU loads no torch
+
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import shutil
 from pathlib import Path
 
-import torch
 import yaml
-from torchvision.models import resnet18
 
 from helpers.processes import run
 
@@ -74,9 +74,19 @@ def make_project(repo: Path, archive: Path, archive_md5: str) -> Path:
 
 def random_resnet18_weights(path: Path) -> Path:
     """A stand-in for the ImageNet file: torchvision's resnet18 keys and shapes, random values."""
-    torch.manual_seed(0)
-    torch.save(resnet18(weights=None).state_dict(), path)
+    path.write_bytes(_random_resnet18_file())
     return path
+
+
+@functools.cache  # built once per test process: every project gets a copy of the same file
+def _random_resnet18_file() -> bytes:
+    import torch  # here, not at the top: collecting the tests needs no torch
+    from torchvision.models import resnet18
+
+    torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(resnet18(weights=None).state_dict(), buffer)
+    return buffer.getvalue()
 
 
 def write_params(repo: Path, params: dict) -> None:

@@ -335,13 +335,14 @@ def test_weights_path_that_is_a_folder_is_named_before_the_data_load(project, tm
     assert_clean_failure(stage("train", "resnet18", cwd=project, check=False), "is a directory, not a file")
 
 
-def test_weights_of_another_model_give_a_short_error(small, tmp_path):
+def test_weights_of_another_model_give_a_short_error_before_the_store_is_touched(small, tmp_path):
     wrong = tmp_path / "resnet34.pth"
     torch.save(ResNet34().state_dict(), wrong)
     edit_params(small, **{"resnet18.weights_path": str(wrong)})
     result = stage("train", "resnet18", cwd=small, check=False)
     assert_clean_failure(result, "do not fit torchvision's resnet18", "missing keys (e.g. conv1.weight")
     assert len(result.stderr.strip().splitlines()[-1]) < 500
+    assert not (small / "mlflow.db").exists()
 
 
 def test_compare_checks_the_tracker_before_writing_reports(project):

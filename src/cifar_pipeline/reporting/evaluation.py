@@ -29,10 +29,9 @@ def load_trained(name: str) -> torch.nn.Module:
         ) from None
 
 
-def evaluate(params: Params, name: str) -> dict:
-    run = paths.read_json(paths.run_info(name), paths.STAGES[name], "run_id")
+def evaluate(params: Params, name: str, run_id: str) -> dict:
+    """Evaluate model `name` on the test set and log the results into its training run `run_id`."""
     settings = Settings.resolve(params.runtime)
-    paths.check_writable(paths.eval_dir(name))
     model = load_trained(name)  # broken inputs fail before the store is touched
     data_md5 = in_background(md5sum, paths.DATA)
     data = load_arrays(paths.DATA)
@@ -42,7 +41,7 @@ def evaluate(params: Params, name: str) -> dict:
         model.to(memory_format=torch.channels_last)
     result, cm, curves, probs = _test_metrics(model, data, settings, name)
     tracker = opening()
-    tracker.attach(run["run_id"], paths.STAGES[name])  # before any report; the run keeps its status and duration
+    tracker.attach(run_id, paths.STAGES[name])  # before any report; the run keeps its status and duration
     out = paths.eval_dir(name)
     atomic.write_json(out / "metrics.json", result)
     metrics.write_confusion_csv(cm, data.classes, out / "confusion_matrix.csv")

@@ -12,7 +12,12 @@ from cifar_pipeline.core.errors import PipelineError
 def main() -> int | None:
     params, model, params_file = cli.parse_stage_args(__doc__, per_model=True)
 
-    from cifar_pipeline.engine import launch  # torch loads only once the params are known to be valid
+    from cifar_pipeline.training.preflight import check_outputs_and_store  # no torch: these fail within a second
+
+    if os.environ.get("RANK", "0") == "0":  # one process checks for all ranks: the launcher, or torchrun's rank 0
+        check_outputs_and_store(params, model)
+
+    from cifar_pipeline.engine import launch  # torch loads only once params, outputs and store are known to be fine
 
     if launch.wanted(params.runtime):  # runtime.gpus > 1: this process starts the ranks and waits for them
         launch.check(params.runtime, params.model(model), model)

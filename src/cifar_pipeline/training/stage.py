@@ -12,15 +12,15 @@ from cifar_pipeline.core import paths
 from cifar_pipeline.core.config import Params, load_params
 from cifar_pipeline.core.data import in_background, load_arrays, md5sum
 from cifar_pipeline.core.errors import Diverged, Interrupted, ParamsError
-from cifar_pipeline.core.paths import check_writable, project_root
+from cifar_pipeline.core.paths import project_root
 from cifar_pipeline.engine import checkpoint, distributed
 from cifar_pipeline.engine.device import Settings, explain_oom
 from cifar_pipeline.engine.loader import DeviceData
-from cifar_pipeline.engine.models import imagenet_state_dict
+from cifar_pipeline.engine.models import finetune_resnet18, imagenet_state_dict
 from cifar_pipeline.engine.optim import effective_lrs
 from cifar_pipeline.engine.progress import EpochResult, RunProgress
 from cifar_pipeline.engine.trainer import Trainer, build_trainer
-from cifar_pipeline.tracking.connection import check_reachable, resolve_tracking_uri, signals_deferred
+from cifar_pipeline.tracking.connection import signals_deferred
 from cifar_pipeline.tracking.run_metadata import (
     SPLIT_TAG,
     dataset,
@@ -42,7 +42,8 @@ def resume_key(params: Params, name: str, device: torch.device, data_md5: str) -
 
 
 def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
-    """Train model `name` as its DVC stage does; returns the summary written to reports/train/."""
+    """Train model `name` as its DVC stage does, once its CLI has checked the outputs and the store
+    (preflight.py); returns the summary written to reports/train/."""
     settings = distributed.join(
         Settings.resolve(params.runtime, params.progress, params.model(name).compile), params.runtime
     )
@@ -51,15 +52,8 @@ def train(params: Params, name: str, params_file: Path = paths.PARAMS) -> dict:
 
         data = DeviceData.split(load_arrays(paths.DATA), params.data.val_size, params.seed, settings.device)
         return RankRun(params, name, settings, data).run()
-    check_writable(
-        paths.model_dir(name),
-        paths.train_summary(name).parent,
-        paths.history(name).parent,
-        project_root() / paths.RESUME_DIR,
-    )
-    if name == "resnet18":  # missing or broken ImageNet weights fail before the data load and the store
-        imagenet_state_dict(params.resnet18)
-    check_reachable(resolve_tracking_uri(params.mlflow))  # before the data load; Tracker opens it later
+    if name == "resnet18":  # missing, broken or mismatched ImageNet weights fail before the data and the store
+        finetune_resnet18(params.resnet18, imagenet_state_dict(params.resnet18))
     # Broken data or too few training images fail before the tracking store is touched.
     data_md5 = in_background(md5sum, paths.DATA)
     arrays = load_arrays(paths.DATA)
