@@ -11,10 +11,11 @@ from cifar_pipeline.core.errors import PipelineError
 
 def main() -> int | None:
     params, model, params_file = cli.parse_stage_args(__doc__, per_model=True)
+    speaks = os.environ.get("RANK", "0") == "0"  # one process checks and reports for all ranks: the launcher, or rank 0
 
     from cifar_pipeline.training.preflight import check_outputs_and_store  # no torch: these fail within a second
 
-    if os.environ.get("RANK", "0") == "0":  # one process checks for all ranks: the launcher, or torchrun's rank 0
+    if speaks:
         check_outputs_and_store(params, model)
 
     from cifar_pipeline.engine import launch  # torch loads only once params, outputs and store are known to be fine
@@ -28,7 +29,7 @@ def main() -> int | None:
     try:
         summary = train(params, model, params_file)
     except PipelineError:
-        if os.environ.get("RANK", "0") != "0":  # rank 0 says it: one `error:` line, not one per rank
+        if not speaks:  # rank 0 says it: one `error:` line, not one per rank
             raise SystemExit(2) from None
         raise
     if summary is not None:  # None on the ranks other than 0
