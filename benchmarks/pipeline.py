@@ -9,15 +9,10 @@ a fresh git repo), with this interpreter's environment:
 One second after each `dvc repro` returns, it lists any process still running the copy's code (there
 should be none: every stage is the process DVC started).
 
-Per stage it reports the wall from `dvc repro`'s own "Running stage" lines and splits it, from the
-times its output lines arrive and from a `python` wrapper put first on PATH that records when each
-stage's process starts and ends, into: DVC before the process, the process's start-up (imports, CUDA
-init, data load, MLflow store, up to "started MLflow run" in a training stage), training (from
-reports/train/<model>.json), writing outputs, publishing the model (log_model and registration, as the
-stage prints it), process exit, and DVC after the process (hashing outputs, caching them, dvc.lock).
-After the last run a probe times, each in a fresh process: the interpreter's start, `import` of torch, torchvision,
-mlflow and matplotlib, CUDA's initialisation, opening the MLflow store, and loading and hashing the
-prepared data (--no-probe skips it). --profile runs every stage under pyinstrument.
+Per stage it reports the wall from `dvc repro`'s own "Running stage" lines, split into DVC, start-up,
+training, outputs, publishing and exit (stage_timing.py says how). After the last run it times each
+start-up cost in a fresh process (startup_probe.py; --no-probe skips it). --profile runs every stage
+under pyinstrument.
 
 Usage (from the project root, with the project's environment active):
     python benchmarks/pipeline.py [--archive data/cifar-10-python.tar.gz] [-S key=value ...]
@@ -33,7 +28,6 @@ import datetime as dt
 import importlib.util
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -44,75 +38,11 @@ from pathlib import Path
 import yaml
 
 from cifar_pipeline.core import atomic, yaml12
-from cifar_pipeline.core.paths import STAGES
 from cifar_pipeline.tracking.tags import git_commit
+from stage_timing import MODEL_OF_STAGE, PARTS, read_processes, run_repro, stage_breakdown, stage_env
+from startup_probe import device_info, probe
 
 ROOT = Path(__file__).resolve().parents[1]
-
-MODEL_OF_STAGE = {stage: model for model, stage in STAGES.items()}
-STAGE_LINE = re.compile(r"^Running stage '(?P<stage>[^']+)':")
-STARTED = re.compile(r": (started|resuming) MLflow run")
-EPOCH = re.compile(r"^\S+ epoch \d+: ")
-PUBLISHED = re.compile(r": logged best model .* in (?P<seconds>[0-9.]+)s$")
-PARTS = ("dvc_before", "start_up", "training", "outputs", "publish", "run", "exit", "dvc_after")
-PROBE = r"""
-import json, sys, time
-what = sys.argv[1]
-t = time.perf_counter()
-if what == "torch":
-    import torch
-elif what == "torchvision":
-    import torch; t = time.perf_counter(); import torchvision
-elif what == "mlflow":
-    import mlflow
-elif what == "matplotlib":
-    import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot
-elif what == "cuda_init":
-    import torch; t = time.perf_counter()
-    if torch.cuda.is_available():
-        torch.ones(1, device="cuda").sum().item()
-elif what == "mlflow_store":
-    import mlflow; t = time.perf_counter(); mlflow.MlflowClient(sys.argv[2]).search_experiments()
-elif what == "data_load_and_md5":
-    from pathlib import Path
-    from cifar_pipeline.core.data import load_arrays, md5sum
-    t = time.perf_counter(); load_arrays(Path(sys.argv[2])); md5sum(Path(sys.argv[2]))
-elif what == "device":
-    import importlib.util, os, torch
-    cuda = torch.cuda.is_available()
-    print(json.dumps({
-        "gpu": torch.cuda.get_device_name(0) if cuda else "none (cpu)",
-        "torch": torch.__version__,
-        "torch_bytecode_cached": os.path.exists(importlib.util.cache_from_source(torch.__file__)),
-    }))
-    raise SystemExit
-print(json.dumps(time.perf_counter() - t))
-"""
-PROFILER = """# Run `-m module args` under pyinstrument.
-import runpy, sys
-from pyinstrument import Profiler
-out, flag, module, *args = sys.argv[1:]
-assert flag == "-m", sys.argv
-sys.argv = [module, *args]
-profiler = Profiler(interval=0.002)
-profiler.start()
-try:
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
-finally:
-    profiler.stop().save(out)
-"""
-WRAPPER = """#!/bin/sh
-printf 'start %s %s\\n' "$(date +%s.%N)" "$*" >> "$PIPELINE_BENCH_PROCESSES"
-if [ -n "$PIPELINE_BENCH_PROFILE" ]; then
-  "{python}" "$PIPELINE_BENCH_PROFILER" \\
-    "$PIPELINE_BENCH_PROFILE/$(date +%s.%N)-$(echo "$*" | tr -c 'A-Za-z0-9.\\n' _).pyisession" "$@"
-else
-  "{python}" "$@"
-fi
-rc=$?
-printf 'end %s %s\\n' "$(date +%s.%N)" "$*" >> "$PIPELINE_BENCH_PROCESSES"
-exit $rc
-"""
 
 
 def set_param(params: dict, dotted: str, value: str) -> None:
@@ -162,149 +92,6 @@ def make_copy(work: Path, overrides: list[str], archive: Path | None) -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "benchmark copy"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env)
     return repo
-
-
-def stage_env(work: Path, repo: Path, processes: Path) -> dict[str, str]:
-    """This interpreter's environment, the copy's code first, a timing `python` wrapper first on PATH."""
-    shim = work / "bin"
-    shim.mkdir(exist_ok=True)
-    wrapper = shim / "python"
-    wrapper.write_text(WRAPPER.format(python=sys.executable))
-    wrapper.chmod(0o755)
-    (shim / "profile_stage.py").write_text(PROFILER)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_TRACKING_URI"))}
-    env.update(
-        PATH=os.pathsep.join([str(shim), str(Path(sys.executable).parent), env.get("PATH", "")]),
-        PYTHONPATH=os.pathsep.join(filter(None, [str(repo / "src"), env.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-        DVC_NO_ANALYTICS="1",
-        MLFLOW_DISABLE_TELEMETRY="true",
-        PIPELINE_BENCH_PROCESSES=str(processes),
-        PIPELINE_BENCH_PROFILER=str(shim / "profile_stage.py"),
-        TORCHINDUCTOR_CACHE_DIR=str(repo / "state" / "torch_compile"),
-        TRITON_CACHE_DIR=str(repo / "state" / "triton"),
-    )
-    return env
-
-
-def run_repro(repo: Path, env: dict[str, str], force: bool, log: Path) -> tuple[list[tuple[float, str]], float]:
-    """Run `dvc repro [-f]`; every output line with its arrival time (epoch seconds), and the end time."""
-    lines: list[tuple[float, str]] = []
-    cmd = ["dvc", "repro", *(["-f"] if force else [])]
-    with open(log, "w") as out:
-        start = time.time()
-        out.write(f"{start:.3f} $ {' '.join(cmd)}\n")
-        proc = subprocess.Popen(
-            cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        for line in proc.stdout:
-            now = time.time()
-            for part in line.rstrip("\n").split("\r"):  # progress bars redraw with \r
-                lines.append((now, part))
-            out.write(f"{now:.3f} {line}")
-            out.flush()
-        end = time.time()
-    if proc.wait() != 0:
-        raise SystemExit(f"error: `{' '.join(cmd)}` failed ({proc.returncode}); see {log}")
-    return lines, end
-
-
-def read_processes(path: Path) -> list[tuple[float, float, str]]:
-    """(start, end, args) of each wrapped python process, in start order."""
-    starts: dict[str, list[float]] = {}
-    done = []
-    for row in path.read_text().splitlines():
-        kind, stamp, args = row.split(" ", 2)
-        if kind == "start":
-            starts.setdefault(args, []).append(float(stamp))
-        else:
-            done.append((starts[args].pop(0), float(stamp), args))
-    return sorted(done)
-
-
-def stage_breakdown(lines: list[tuple[float, str]], end: float, processes: list, repo: Path) -> dict[str, dict]:
-    """Per stage: wall and its parts (seconds), in the order `dvc repro` ran them."""
-    marks = [
-        (t, m["stage"], lines[i + 1][1].removeprefix("> "))
-        for i, (t, text) in enumerate(lines[:-1])
-        if (m := STAGE_LINE.match(text))
-    ]
-    unclaimed = list(processes)
-    stages = {}
-    for i, (begin, stage, cmd) in enumerate(marks):
-        finish = marks[i + 1][0] if i + 1 < len(marks) else end
-        inside = [(t, text) for t, text in lines if begin <= t < finish]
-        # The stage's own process, matched on its command: a line can arrive after the process started.
-        proc = next((p for p in unclaimed if f"python {p[2]}" == cmd), None)
-        if proc is not None:
-            unclaimed.remove(proc)
-        stages[stage] = split_stage(stage, begin, finish, inside, proc and proc[:2], repo)
-    return stages
-
-
-def split_stage(stage: str, begin: float, finish: float, inside: list, proc, repo: Path) -> dict:
-    entry: dict = {"wall": finish - begin}
-    if proc is None:
-        return entry
-    p_start, p_end = proc
-    printed = [
-        t
-        for t, text in inside
-        if p_start <= t <= p_end and text.strip() and not STAGE_LINE.match(text) and not text.startswith("> ")
-    ]
-    last_line = printed[-1] if printed else p_start
-    # Training stages split at their own lines; the others' "run" is all they did up to their last line.
-    parts = {
-        "dvc_before": max(p_start - begin, 0.0),
-        "dvc_after": finish - p_end,
-        "exit": p_end - last_line,
-        "run": last_line - p_start,
-    }
-    model = MODEL_OF_STAGE.get(stage)
-    if model:
-        started = next((t for t, text in inside if STARTED.search(text)), None)
-        epochs = [t for t, text in inside if EPOCH.match(text)]
-        published = [(t, float(m["seconds"])) for t, text in inside if (m := PUBLISHED.search(text))]
-        summary = json.loads((repo / "reports" / "train" / f"{model}.json").read_text())
-        entry["train_seconds"] = summary["train_seconds"]
-        entry["first_step_seconds"] = summary.get("first_step_seconds")
-        if started and epochs and published:
-            publish_at, publish_s = published[-1]
-            del parts["run"]
-            parts.update(
-                start_up=started - p_start,
-                training=epochs[-1] - started,
-                outputs=publish_at - publish_s - epochs[-1],
-                publish=publish_s,
-                exit=p_end - publish_at,
-            )
-    entry["parts"] = {k: round(parts[k], 2) for k in PARTS if k in parts}
-    entry["overhead"] = entry["wall"] - entry.get("train_seconds", 0.0)
-    return entry
-
-
-def run_probe(repo: Path, env: dict[str, str], *args: str):
-    """What PROBE prints last (JSON), run in a fresh process of this interpreter in the copy."""
-    out = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], cwd=repo, env=env, check=True, capture_output=True, text=True
-    ).stdout
-    return json.loads(out.splitlines()[-1])
-
-
-def probe(repo: Path, env: dict[str, str]) -> dict[str, float]:
-    """Start-up costs, each measured in a fresh process of this interpreter in the copy."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
-    costs = {"python_start": time.perf_counter() - start}
-    for what in ("torch", "torchvision", "mlflow", "matplotlib", "cuda_init"):
-        costs[f"import_{what}" if what != "cuda_init" else what] = run_probe(repo, env, what)
-    costs["mlflow_store_open"] = run_probe(repo, env, "mlflow_store", f"sqlite:///{repo / 'mlflow.db'}")
-    costs["data_load_and_md5"] = run_probe(repo, env, "data_load_and_md5", str(repo / "data" / "cifar10.npz"))
-    return {k: round(v, 2) for k, v in costs.items()}
-
-
-def device_info(repo: Path, env: dict[str, str]) -> dict[str, str]:
-    return run_probe(repo, env, "device")
 
 
 def measure(

@@ -15,7 +15,6 @@ from itertools import product
 from pathlib import Path
 
 import torch
-from throughput import floor_img_per_s
 
 from cifar_pipeline.core import paths
 from cifar_pipeline.core.config import MODELS, load_params
@@ -23,6 +22,7 @@ from cifar_pipeline.core.data import load_arrays
 from cifar_pipeline.engine.device import Settings, configure_backends, pick_device
 from cifar_pipeline.engine.loader import DeviceData
 from cifar_pipeline.engine.trainer import build_trainer
+from throughput import floor_img_per_s
 
 
 def main() -> None:
