@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import sys
 
@@ -17,13 +16,12 @@ from cifar_pipeline.core.data import md5sum
 from cifar_pipeline.tracking.run_metadata import epoch_metric
 from cifar_pipeline.training.stage import resume_key
 from helpers.processes import run, sigterm_after, stage, start_in_own_group, wait_for_line, wait_for_text
-from helpers.project import read_params, write_params
+from helpers.project import make_project, read_params, write_params
 
 EPOCHS = 4
 
 
-@pytest.fixture
-def resumable(project):
+def make_resumable(project):
     """The project with a deterministic 4-epoch CNN, data prepared."""
     params = read_params(project)
     params["runtime"]["deterministic"] = True
@@ -34,6 +32,19 @@ def resumable(project):
     return project
 
 
+@pytest.fixture
+def resumable(project):
+    return make_resumable(project)
+
+
+@pytest.fixture(scope="module")
+def reference_weights(tmp_path_factory, archive, archive_md5) -> dict[str, torch.Tensor]:
+    """The final weights of the same training, never interrupted."""
+    project = make_resumable(make_project(tmp_path_factory.mktemp("reference") / "project", archive, archive_md5))
+    run(["dvc", "repro", "train_cnn"], project)
+    return final_weights(project)
+
+
 def cnn_runs(project):
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("cifar10")
@@ -42,6 +53,12 @@ def cnn_runs(project):
 
 def final_weights(project) -> dict[str, torch.Tensor]:
     return torch.load(project / "models" / "cnn" / "last.pt", weights_only=True)["state_dict"]
+
+
+def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
 
 
 def assert_one_complete_run(project) -> None:
@@ -55,11 +72,7 @@ def assert_one_complete_run(project) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [r"epoch 2:", r"epoch 3:"])
-def test_sigkill_then_repro_resumes_to_identical_weights(resumable, tmp_path, kill_after):
-    reference = tmp_path / "reference"
-    shutil.copytree(resumable, reference, symlinks=True)
-    run(["dvc", "repro", "train_cnn"], reference)
-
+def test_sigkill_then_repro_resumes_to_identical_weights(resumable, reference_weights, kill_after):
     proc = start_in_own_group(["dvc", "repro", "train_cnn"], resumable)
     wait_for_line(proc, kill_after)  # the previous epoch's checkpoint is on disk; this one's is being written
     os.killpg(proc.pid, signal.SIGKILL)
@@ -69,10 +82,7 @@ def test_sigkill_then_repro_resumes_to_identical_weights(resumable, tmp_path, ki
     rerun = run(["dvc", "repro", "train_cnn"], resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch [1-9]", rerun.stdout), rerun.stdout
     assert_one_complete_run(resumable)
-    expected, actual = final_weights(reference), final_weights(resumable)
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+    assert_same_weights(reference_weights, final_weights(resumable))
     assert not list((resumable / "state" / "resume").glob("*.pt")), "resume checkpoint left after success"
 
 
@@ -91,10 +101,7 @@ def test_sigkill_right_after_start_resumes_the_started_run(resumable):
 
 
 @pytest.mark.slow
-def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_path):
-    reference = tmp_path / "reference"
-    shutil.copytree(resumable, reference, symlinks=True)
-    stage("train", "cnn", cwd=reference)
+def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, reference_weights):
     params = read_params(resumable)
     params["progress"] = True  # its bar tells when epoch 2 has begun
     write_params(resumable, params)
@@ -112,9 +119,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, tmp_p
     rerun = stage("train", "cnn", cwd=resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
     assert_one_complete_run(resumable)
-    expected, actual = final_weights(reference), final_weights(resumable)
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+    assert_same_weights(reference_weights, final_weights(resumable))
 
 
 def interrupt_after_first_epoch(project) -> None:

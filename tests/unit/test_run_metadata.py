@@ -66,9 +66,9 @@ def test_run_names_and_dvc_exps_tell_experiments_apart(monkeypatch):
 
 
 @pytest.fixture
-def tracker(tmp_path, monkeypatch):
+def tracker(fresh_store, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return Tracker(MlflowParams(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="views"))
+    return Tracker(MlflowParams(tracking_uri=f"sqlite:///{fresh_store}", experiment="views"))
 
 
 def test_the_experiment_is_marked_as_model_training(tracker):

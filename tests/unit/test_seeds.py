@@ -12,9 +12,9 @@ from cifar_pipeline.reporting.seeds import same_params_runs, seed_cells
 
 
 @pytest.fixture
-def store(tmp_path):
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    return client, client.create_experiment("cifar10", artifact_location=(tmp_path / "art").as_uri())
+def store(fresh_store):
+    client = MlflowClient(f"sqlite:///{fresh_store}")
+    return client, client.create_experiment("cifar10", artifact_location=(fresh_store.parent / "art").as_uri())
 
 
 def logged(store, seed: int, lr: str, accuracy: float | None, model: str = "cnn") -> str:
