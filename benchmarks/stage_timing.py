@@ -25,6 +25,7 @@ STARTED = re.compile(r": (started|resuming) MLflow run")
 EPOCH = re.compile(r"^\S+ epoch \d+: ")
 PUBLISHED = re.compile(r": logged best model .* in (?P<seconds>[0-9.]+)s$")
 PARTS = ("dvc_before", "start_up", "training", "outputs", "publish", "run", "exit", "dvc_after")
+
 PROFILER = """# Run `-m module args` under pyinstrument.
 import runpy, sys
 from pyinstrument import Profiler
