@@ -89,6 +89,20 @@ def _random_resnet18_file() -> bytes:
     return buffer.getvalue()
 
 
+def store(repo: Path) -> str:
+    """The project's own MLflow store (params.yaml's default tracking URI)."""
+    return f"sqlite:///{repo / 'mlflow.db'}"
+
+
+def runs_in(uri: str, experiment: str = "cifar10") -> list:
+    """Every run of the experiment in the store at uri; none if the experiment does not exist."""
+    from mlflow import MlflowClient  # here, not at the top: collecting the tests needs no MLflow
+
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    return client.search_runs([found.experiment_id]) if found else []
+
+
 def write_params(repo: Path, params: dict) -> None:
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

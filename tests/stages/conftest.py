@@ -1,0 +1,16 @@
+"""The stage tier's shared project: the tiny one with fewer images, data prepared."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers.processes import stage
+from helpers.project import edit_params
+
+
+@pytest.fixture
+def small(project):
+    """The project with 100 training images and 50 for validation, data prepared."""
+    edit_params(project, **{"data.train_limit": 150, "data.val_size": 50})
+    stage("download", cwd=project)
+    return project
