@@ -5,7 +5,6 @@ logging ends with one logged model and one version, and the registry shows each 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -227,8 +226,7 @@ def write_model_outputs(project: Path, name: str, run_id: str, version: int) -> 
     write_confusion_csv(np.eye(2, dtype=int), ["a", "b"], project / f"reports/eval/{name}/confusion_matrix.csv")
 
 
-def test_comparison_names_a_version_deleted_from_the_registry(project, empty_store, monkeypatch):
-    shutil.copy(empty_store, project / "mlflow.db")
+def test_comparison_names_a_version_deleted_from_the_registry(project, monkeypatch):
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     tracker = Tracker(MlflowParams(tracking_uri="sqlite:///mlflow.db", experiment="cifar10"))
