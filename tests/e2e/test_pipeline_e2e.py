@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 
 from cifar_pipeline.tracking.run_metadata import epoch_metric
 from helpers.processes import run
-from helpers.project import EVERY_STAGE, read_params, stages_ran, write_params
+from helpers.project import EVERY_STAGE, read_params, stages_ran, store, write_params
 
 EPOCHS = {"cnn": 2, "resnet34": 1, "resnet18": 1}
 EPOCH_COLUMNS = ["train_loss", "train_acc", "val_loss", "val_acc", "lr", "epoch_seconds", "images_per_second"]
@@ -96,7 +96,7 @@ def test_two_dvc_experiments_read_back_through_mlflow(experiments):
     ]:
         assert (project / path).is_file(), path
 
-    uri = f"sqlite:///{project / 'mlflow.db'}"
+    uri = store(project)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("cifar10")

@@ -14,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers.processes import run
-from helpers.project import ROOT, read_params
+from helpers.project import ROOT, read_params, store
 
 
 @pytest.mark.slow
@@ -68,7 +68,7 @@ def test_benchmark_runs_each_recipe_and_seed_as_an_experiment(project, tmp_path)
     roc_csv = dvc.api.read("reports/eval/cnn/roc.csv", repo=str(project), rev=rows[0]["experiment"])
     assert roc_csv.splitlines()[0] == "fpr,airplane,automobile,bird,cat,deer,dog,frog,horse,ship,truck"
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(store(project))
     experiment = client.get_experiment_by_name("cifar10")
     runs = client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
     assert sorted(r.data.tags["dvc_exp_name"] for r in runs) == sorted(r["experiment"] for r in rows)
@@ -100,7 +100,7 @@ def test_benchmark_runs_the_airbench_recipe_end_to_end_and_prints_its_table(proj
     table = result.stdout[result.stdout.index("recipe ") :].splitlines()
     assert table[2].startswith("cnn-airbench94") and f"{100 * s['test_accuracy_mean']:.2f}" in table[2]
 
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(store(project))
     (mlflow_run,) = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
     assert mlflow_run.data.params["arch"] == "wide" and mlflow_run.data.params["tta"] == "flip_shift"
     assert "test/accuracy" in mlflow_run.data.metrics

@@ -30,6 +30,7 @@ from cifar_pipeline.engine.device import Settings, predict
 from cifar_pipeline.reporting.evaluation import load_trained
 from helpers.images import png_header
 from helpers.processes import free_port, run, stage_env, start_in_own_group, wait_for_line
+from helpers.project import store
 
 pytestmark = pytest.mark.slow
 MODEL_URI = "models:/cifar10-cnn@champion"
@@ -73,10 +74,6 @@ def evaluate_predictions(trained, test_set):
     assert np.array_equal(written, expected)  # the same predictions the evaluate stage counted
     assert (predicted == labels).mean() > 0.5  # a trained model (chance is 0.1), so agreement means something
     return [classes[i] for i in predicted]
-
-
-def store_uri(project) -> str:
-    return f"sqlite:///{project / 'mlflow.db'}"
 
 
 def test_predict_cli_matches_evaluate_for_a_file_and_an_alias(trained, test_set, evaluate_predictions):
@@ -126,7 +123,7 @@ def test_registered_model_loads_by_alias_in_a_fresh_process(trained, test_set, e
     script = textwrap.dedent(f"""
         import json, pathlib, sys
         import mlflow, pandas as pd
-        mlflow.set_tracking_uri({store_uri(trained)!r})
+        mlflow.set_tracking_uri({store(trained)!r})
         model = mlflow.pyfunc.load_model({MODEL_URI!r})
         files = sorted(pathlib.Path("test_images").glob("*.png"))
         answer = model.predict(pd.DataFrame({{"image": [f.read_bytes() for f in files]}}))
@@ -146,7 +143,7 @@ def test_registered_model_loads_by_alias_in_a_fresh_process(trained, test_set, e
 def test_logged_model_is_code_plus_weights_no_pickle(trained):
     import mlflow
 
-    mlflow.set_tracking_uri(store_uri(trained))
+    mlflow.set_tracking_uri(store(trained))
     local = mlflow.artifacts.download_artifacts(MODEL_URI)
     mlmodel = yaml.safe_load(Path(local, "MLmodel").read_text())
     flavor = mlmodel["flavors"]["python_function"]
@@ -164,9 +161,7 @@ def served(trained):
     """`mlflow models serve` of the champion on a free loopback port, as docs/serving.md starts it."""
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", MODEL_URI, "--env-manager", "local"]
-    server = start_in_own_group(
-        [*cmd, "-h", "127.0.0.1", "-p", str(port)], trained, MLFLOW_TRACKING_URI=store_uri(trained)
-    )
+    server = start_in_own_group([*cmd, "-h", "127.0.0.1", "-p", str(port)], trained, MLFLOW_TRACKING_URI=store(trained))
     try:
         wait_for_line(server, r"Uvicorn running on|Listening at")  # ready once uvicorn says it is listening
         yield f"http://127.0.0.1:{port}/invocations"
@@ -230,7 +225,7 @@ def test_served_model_errors_are_short_and_name_the_image(served, test_set):
 def test_comparison_shows_the_registered_version_and_champion(trained):
     with open(trained / "reports" / "comparison.csv") as fh:
         rows = {r["model"]: r for r in csv.DictReader(fh)}
-    client = MlflowClient(store_uri(trained))
+    client = MlflowClient(store(trained))
     for model, version in (("cnn", 1), ("resnet34", 2), ("resnet18", 1)):  # the second experiment: resnet34 v2
         assert rows[model]["registered_version"] == f"cifar10-{model} v{version}"
         champion = client.get_model_version_by_alias(f"cifar10-{model}", "champion").version

@@ -20,7 +20,7 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers.processes import assert_clean_failure, free_port, run, stage_env, wait_until
-from helpers.project import edit_params, make_project
+from helpers.project import edit_params, make_project, store
 from helpers.servers import background
 
 pytestmark = pytest.mark.slow
@@ -37,7 +37,7 @@ class Swept:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.repo / 'mlflow.db'}"
+        return store(self.repo)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 from mlflow import MlflowClient
 
 from helpers.processes import free_port, run, stage_env, wait_until
+from helpers.project import store
 
 MODELS = ["cnn", "resnet34", "resnet18"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -158,7 +159,7 @@ def base(address: str) -> str:
 
 def open_run(experiments, mlflow_ui: str, browser, run_name: str, tab: str):
     """A new page, WIDTH wide, on the tab (`artifacts`, `model-metrics`) of the run called `run_name`."""
-    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    client = MlflowClient(store(experiments[0]))
     experiment = client.get_experiment_by_name("cifar10").experiment_id
     [run] = client.search_runs([experiment], f"attributes.run_name = '{run_name}'")
     page = browser.new_page(viewport={"width": WIDTH, "height": 900})
@@ -184,7 +185,7 @@ def test_mlflow_ui_shows_a_model_training_experiment_with_named_runs(mlflow_ui, 
 
 
 def test_mlflow_compare_view_lines_up_params_and_metrics_across_models(experiments, mlflow_ui, browser):
-    client = MlflowClient(f"sqlite:///{experiments[0] / 'mlflow.db'}")
+    client = MlflowClient(store(experiments[0]))
     experiment = client.get_experiment_by_name("cifar10").experiment_id
     runs = client.search_runs([experiment], "tags.dvc_exp_name = 'first' and tags.stage != 'compare'")
     assert sorted(r.data.tags["model"] for r in runs) == sorted(MODELS)

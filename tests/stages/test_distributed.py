@@ -27,7 +27,7 @@ from helpers.processes import (
     wait_for_line,
     wait_for_text,
 )
-from helpers.project import edit_params, make_project, read_params, write_params
+from helpers.project import edit_params, make_project, read_params, store, write_params
 
 EPOCHS = 3
 
@@ -59,7 +59,7 @@ def ranked(project) -> Path:
 
 
 def cnn_runs(project: Path) -> tuple[MlflowClient, list]:
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(store(project))
     experiment = client.get_experiment_by_name("cifar10")
     return client, client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
 

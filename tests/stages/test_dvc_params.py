@@ -7,6 +7,7 @@ from mlflow import MlflowClient
 
 from cifar_pipeline.core import yaml12
 from helpers.processes import run
+from helpers.project import store
 
 
 @pytest.mark.slow
@@ -16,6 +17,6 @@ def test_dvc_exp_run_with_a_learning_rate_below_1e_4_trains(project):
     assert "lr: 5e-05" in (project / "params.yaml").read_text()  # DVC wrote the exponent form
     assert yaml12.load((project / "params.yaml").read_text())["cnn"]["optimizer"]["lr"] == 5e-05
     assert "train_cnn: best val_acc" in result.stdout
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(store(project))
     [trained] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert float(trained.data.params["optimizer.lr"]) == 5e-05

@@ -16,7 +16,7 @@ from cifar_pipeline.core.data import md5sum
 from cifar_pipeline.tracking.run_metadata import epoch_metric
 from cifar_pipeline.training.stage import resume_key
 from helpers.processes import run, sigterm_after, stage, start_in_own_group, wait_for_line, wait_for_text
-from helpers.project import make_project, read_params, write_params
+from helpers.project import make_project, read_params, store, write_params
 
 EPOCHS = 4
 
@@ -46,7 +46,7 @@ def reference_weights(tmp_path_factory, archive, archive_md5) -> dict[str, torch
 
 
 def cnn_runs(project):
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(store(project))
     experiment = client.get_experiment_by_name("cifar10")
     return client, client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
 

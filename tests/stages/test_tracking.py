@@ -18,6 +18,7 @@ from cifar_pipeline.engine.device import explain_oom
 from cifar_pipeline.tracking.connection import resolve_tracking_uri
 from cifar_pipeline.tracking.tags import flatten
 from helpers.processes import run, stage_env
+from helpers.project import store
 
 WRITERS, STEPS = 4, 25
 WRITER = textwrap.dedent("""
@@ -88,7 +89,7 @@ def test_parallel_writers_on_one_new_sqlite_store_lose_nothing(tmp_path):
 @pytest.mark.slow
 def test_dvc_exp_run_temp_logs_to_the_main_store(project: Path):
     run(["dvc", "exp", "run", "--temp", "train_cnn", "-S", "cnn.epochs=1", "-n", "one-epoch"], project)
-    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    client = MlflowClient(store(project))
     runs = client.search_runs([client.get_experiment_by_name("cifar10").experiment_id])
     assert [(r.info.run_name, r.data.tags["model"]) for r in runs] == [("cnn-one-epoch", "cnn")]
     assert runs[0].data.tags.get("dvc_exp_name") == "one-epoch"
