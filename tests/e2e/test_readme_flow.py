@@ -52,7 +52,7 @@ def fresh_clone(tmp_path: Path, archive: Path) -> Path:
 
 def shell(line: str, cwd: Path, env: dict[str, str]):
     """One README line in a new bash that activates the venv first, as the README says."""
-    return run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd, timeout=2400, **env)
+    return run(["bash", "-c", f"source .venv/bin/activate && {line}"], cwd, timeout=600, **env)
 
 
 def table_lines(line: str, output: str) -> list[str]:

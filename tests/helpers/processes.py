@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,10 +31,25 @@ def stage_env(**extra: str) -> dict[str, str]:
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, cwd=cwd, env=stage_env(**env), capture_output=True, text=True, timeout=timeout)
+    """Run cmd until it exits, its output captured in files, not pipes: a pipe would also wait for any child
+    that keeps it (a DVC queue worker forked by `dvc exp run --run-all` can hang on, DVC issue #10398)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        try:
+            code = subprocess.call(cmd, cwd=cwd, env=stage_env(**env), stdout=out, stderr=err, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            code = None
+        result = subprocess.CompletedProcess(cmd, code, *(read_back(f) for f in (out, err)))
+    if code is None:
+        raise AssertionError(f"{' '.join(cmd)} still ran after {timeout} s:\n{result.stdout}\n{result.stderr}")
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def read_back(file) -> str:
+    """A text file's content from the start (newlines translated, as with text=True)."""
+    file.seek(0)
+    return file.read()
 
 
 def stage(
