@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from mlflow import MlflowClient
 
-from cifar_pipeline.tracking.run_metadata import epoch_metric
 from helpers.data import make_archive
+from helpers.outcomes import assert_one_complete_run, assert_same_weights, cnn_runs, final_weights
 from helpers.processes import (
     assert_clean_failure,
     run,
@@ -27,7 +25,7 @@ from helpers.processes import (
     wait_for_line,
     wait_for_text,
 )
-from helpers.project import edit_params, make_project, read_params, store, write_params
+from helpers.project import edit_params, make_project, read_params, write_params
 
 EPOCHS = 3
 
@@ -56,33 +54,6 @@ def reference(tmp_path_factory) -> Path:
 @pytest.fixture
 def ranked(project) -> Path:
     return two_ranks(project)
-
-
-def cnn_runs(project: Path) -> tuple[MlflowClient, list]:
-    client = MlflowClient(store(project))
-    experiment = client.get_experiment_by_name("cifar10")
-    return client, client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
-
-
-def assert_one_complete_run(project: Path) -> dict:
-    """Exactly one cnn run, FINISHED, each epoch's metrics logged once; returns its params."""
-    client, runs = cnn_runs(project)
-    assert [r.info.status for r in runs] == ["FINISHED"]
-    for key in ("train_loss", "val_acc", "lr"):
-        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, epoch_metric(key)))
-        assert steps == list(range(1, EPOCHS + 1)), key
-    return runs[0].data.params
-
-
-def final_weights(project: Path) -> dict[str, torch.Tensor]:
-    return torch.load(project / "models" / "cnn" / "last.pt", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(expected: Path, actual: Path) -> None:
-    a, b = final_weights(expected), final_weights(actual)
-    assert a.keys() == b.keys()
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
 
 
 def descendants(pid: int) -> list[int]:
@@ -135,7 +106,7 @@ def still_running(pids: list[int], timeout: float = 60) -> list[int]:
 
 @pytest.mark.slow
 def test_two_ranks_log_one_run_and_write_the_outputs_of_one_rank(reference, tmp_path):
-    params = assert_one_complete_run(reference)
+    params = assert_one_complete_run(reference, EPOCHS)
     assert params["runtime.world_size"] == "2" and params["runtime.backend"] == "gloo"
     assert params["runtime.sync_bn"] == "True" and params["batch_size"] == "16"  # the global batch
 
@@ -143,7 +114,7 @@ def test_two_ranks_log_one_run_and_write_the_outputs_of_one_rank(reference, tmp_
     shutil.copytree(reference, single, symlinks=True, ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts"))
     edit_params(single, **{"runtime.gpus": 1})
     run(["dvc", "repro", "train_cnn"], single)
-    assert assert_one_complete_run(single)["runtime.world_size"] == "1"
+    assert assert_one_complete_run(single, EPOCHS)["runtime.world_size"] == "1"
 
     def outputs(project: Path) -> list[str]:
         files = [*sorted((project / "models" / "cnn").iterdir()), project / "reports" / "train" / "cnn.json"]
@@ -174,8 +145,8 @@ def test_sigkill_of_one_rank_ends_every_rank_and_repro_resumes_to_the_same_weigh
 
     rerun = run(["dvc", "repro", "train_cnn"], ranked)
     assert re.search(r"resuming MLflow run \w+ after epoch [0-9]", rerun.stdout), rerun.stdout
-    assert_one_complete_run(ranked)
-    assert_same_weights(reference, ranked)
+    assert_one_complete_run(ranked, EPOCHS)
+    assert_same_weights(final_weights(reference), final_weights(ranked))
 
 
 @pytest.mark.slow
@@ -196,8 +167,8 @@ def test_a_signal_to_the_repro_group_checkpoints_every_rank_mid_epoch_and_resume
 
     rerun = run(["dvc", "repro", "train_cnn"], ranked)
     assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
-    assert_one_complete_run(ranked)
-    assert_same_weights(reference, ranked)
+    assert_one_complete_run(ranked, EPOCHS)
+    assert_same_weights(final_weights(reference), final_weights(ranked))
 
 
 @pytest.mark.slow

@@ -9,14 +9,13 @@ import sys
 
 import pytest
 import torch
-from mlflow import MlflowClient
 
 from cifar_pipeline.core.config import load_params
 from cifar_pipeline.core.data import md5sum
-from cifar_pipeline.tracking.run_metadata import epoch_metric
 from cifar_pipeline.training.stage import resume_key
+from helpers.outcomes import assert_one_complete_run, assert_same_weights, cnn_runs, final_weights
 from helpers.processes import run, sigterm_after, stage, start_in_own_group, wait_for_line, wait_for_text
-from helpers.project import make_project, read_params, store, write_params
+from helpers.project import make_project, read_params, write_params
 
 EPOCHS = 4
 
@@ -45,31 +44,6 @@ def reference_weights(tmp_path_factory, archive, archive_md5) -> dict[str, torch
     return final_weights(project)
 
 
-def cnn_runs(project):
-    client = MlflowClient(store(project))
-    experiment = client.get_experiment_by_name("cifar10")
-    return client, client.search_runs([experiment.experiment_id], "tags.model = 'cnn'")
-
-
-def final_weights(project) -> dict[str, torch.Tensor]:
-    return torch.load(project / "models" / "cnn" / "last.pt", weights_only=True)["state_dict"]
-
-
-def assert_same_weights(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
-    assert expected.keys() == actual.keys()
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
-
-
-def assert_one_complete_run(project) -> None:
-    client, runs = cnn_runs(project)
-    assert len(runs) == 1
-    assert runs[0].info.status == "FINISHED"
-    for key in ("train_loss", "val_acc", "lr", "epoch_seconds"):
-        steps = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, epoch_metric(key)))
-        assert steps == list(range(1, EPOCHS + 1)), key
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("kill_after", [r"epoch 2:", r"epoch 3:"])
 def test_sigkill_then_repro_resumes_to_identical_weights(resumable, reference_weights, kill_after):
@@ -81,7 +55,7 @@ def test_sigkill_then_repro_resumes_to_identical_weights(resumable, reference_we
 
     rerun = run(["dvc", "repro", "train_cnn"], resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch [1-9]", rerun.stdout), rerun.stdout
-    assert_one_complete_run(resumable)
+    assert_one_complete_run(resumable, EPOCHS)
     assert_same_weights(reference_weights, final_weights(resumable))
     assert not list((resumable / "state" / "resume").glob("*.pt")), "resume checkpoint left after success"
 
@@ -97,7 +71,7 @@ def test_sigkill_right_after_start_resumes_the_started_run(resumable):
     rerun = run(["dvc", "repro", "train_cnn"], resumable)
 
     assert f"resuming MLflow run {run_id} after epoch 0" in rerun.stdout, rerun.stdout
-    assert_one_complete_run(resumable)
+    assert_one_complete_run(resumable, EPOCHS)
 
 
 @pytest.mark.slow
@@ -118,7 +92,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, refer
 
     rerun = stage("train", "cnn", cwd=resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
-    assert_one_complete_run(resumable)
+    assert_one_complete_run(resumable, EPOCHS)
     assert_same_weights(reference_weights, final_weights(resumable))
 
 
