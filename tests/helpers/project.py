@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from helpers.processes import run
+from helpers.processes import run, stage
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT_FILES = [
@@ -87,6 +87,21 @@ def _random_resnet18_file() -> bytes:
     buffer = io.BytesIO()
     torch.save(resnet18(weights=None).state_dict(), buffer)
     return buffer.getvalue()
+
+
+RESUMABLE_EPOCHS = 4
+
+
+def make_resumable(repo: Path) -> Path:
+    """The project with a deterministic 4-epoch CNN (batches of 16), committed, data prepared: the training
+    that the resume tests stop and restart."""
+    params = read_params(repo)
+    params["runtime"]["deterministic"] = True
+    params["cnn"].update(epochs=RESUMABLE_EPOCHS, batch_size=16)
+    write_params(repo, params)
+    run(["git", "commit", "-qam", "deterministic cnn"], repo)
+    stage("download", cwd=repo)
+    return repo
 
 
 def store(repo: Path) -> str:

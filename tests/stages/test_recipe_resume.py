@@ -10,12 +10,11 @@ import shutil
 import sys
 
 import pytest
-import torch
-from test_resume import assert_one_complete_run, final_weights, resumable  # noqa: F401
 
 from cifar_pipeline.commands.recipes import merged
+from helpers.outcomes import assert_one_complete_run, assert_same_weights, final_weights
 from helpers.processes import run, sigterm_after, stage
-from helpers.project import read_params, write_params
+from helpers.project import RESUMABLE_EPOCHS, read_params, write_params
 from helpers.training import TINY_AIRBENCH
 
 PER_STEP = {
@@ -43,7 +42,7 @@ def logged_lrs(project) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("switches", [PER_STEP, FAST], ids=["onecycle", "fast"])
-def test_sigterm_mid_epoch_under_a_per_step_schedule_resumes_exactly(resumable, tmp_path, switches):  # noqa: F811
+def test_sigterm_mid_epoch_under_a_per_step_schedule_resumes_exactly(resumable, tmp_path, switches):
     params = read_params(resumable)
     params["cnn"].update(switches)
     write_params(resumable, params)
@@ -61,8 +60,6 @@ def test_sigterm_mid_epoch_under_a_per_step_schedule_resumes_exactly(resumable, 
 
     rerun = stage("train", "cnn", cwd=resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
-    assert_one_complete_run(resumable)
+    assert_one_complete_run(resumable, RESUMABLE_EPOCHS)
     assert logged_lrs(resumable) == logged_lrs(reference)
-    expected, actual = final_weights(reference), final_weights(resumable)
-    for name in expected:
-        assert torch.equal(expected[name], actual[name]), name
+    assert_same_weights(final_weights(reference), final_weights(resumable))

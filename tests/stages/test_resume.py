@@ -15,25 +15,7 @@ from cifar_pipeline.core.data import md5sum
 from cifar_pipeline.training.stage import resume_key
 from helpers.outcomes import assert_one_complete_run, assert_same_weights, cnn_runs, final_weights
 from helpers.processes import run, sigterm_after, stage, start_in_own_group, wait_for_line, wait_for_text
-from helpers.project import make_project, read_params, write_params
-
-EPOCHS = 4
-
-
-def make_resumable(project):
-    """The project with a deterministic 4-epoch CNN, data prepared."""
-    params = read_params(project)
-    params["runtime"]["deterministic"] = True
-    params["cnn"].update(epochs=EPOCHS, batch_size=16)
-    write_params(project, params)
-    run(["git", "commit", "-qam", "deterministic cnn"], project)
-    stage("download", cwd=project)
-    return project
-
-
-@pytest.fixture
-def resumable(project):
-    return make_resumable(project)
+from helpers.project import RESUMABLE_EPOCHS, make_project, make_resumable, read_params, write_params
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +37,7 @@ def test_sigkill_then_repro_resumes_to_identical_weights(resumable, reference_we
 
     rerun = run(["dvc", "repro", "train_cnn"], resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch [1-9]", rerun.stdout), rerun.stdout
-    assert_one_complete_run(resumable, EPOCHS)
+    assert_one_complete_run(resumable, RESUMABLE_EPOCHS)
     assert_same_weights(reference_weights, final_weights(resumable))
     assert not list((resumable / "state" / "resume").glob("*.pt")), "resume checkpoint left after success"
 
@@ -71,7 +53,7 @@ def test_sigkill_right_after_start_resumes_the_started_run(resumable):
     rerun = run(["dvc", "repro", "train_cnn"], resumable)
 
     assert f"resuming MLflow run {run_id} after epoch 0" in rerun.stdout, rerun.stdout
-    assert_one_complete_run(resumable, EPOCHS)
+    assert_one_complete_run(resumable, RESUMABLE_EPOCHS)
 
 
 @pytest.mark.slow
@@ -81,7 +63,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, refer
     write_params(resumable, params)
 
     proc = start_in_own_group([sys.executable, "-m", "cifar_pipeline.stages.train", "cnn"], resumable)
-    wait_for_text(proc, rf"cnn epoch 2/{EPOCHS}")
+    wait_for_text(proc, rf"cnn epoch 2/{RESUMABLE_EPOCHS}")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
@@ -92,7 +74,7 @@ def test_sigterm_checkpoints_mid_epoch_marks_killed_and_resumes(resumable, refer
 
     rerun = stage("train", "cnn", cwd=resumable)
     assert re.search(r"resuming MLflow run \w+ after epoch 1 \(\+\d+ steps\)", rerun.stdout), rerun.stdout
-    assert_one_complete_run(resumable, EPOCHS)
+    assert_one_complete_run(resumable, RESUMABLE_EPOCHS)
     assert_same_weights(reference_weights, final_weights(resumable))
 
 
