@@ -95,10 +95,7 @@ RESUMABLE_EPOCHS = 4
 def make_resumable(repo: Path) -> Path:
     """The project with a deterministic 4-epoch CNN (batches of 16), committed, data prepared: the training
     that the resume tests stop and restart."""
-    params = read_params(repo)
-    params["runtime"]["deterministic"] = True
-    params["cnn"].update(epochs=RESUMABLE_EPOCHS, batch_size=16)
-    write_params(repo, params)
+    edit_params(repo, **{"runtime.deterministic": True, "cnn.epochs": RESUMABLE_EPOCHS, "cnn.batch_size": 16})
     run(["git", "commit", "-qam", "deterministic cnn"], repo)
     stage("download", cwd=repo)
     return repo
